@@ -1,0 +1,1 @@
+"""Precision and loop-budget presets, decided by measurement (see the calibration issue)."""
