@@ -1,0 +1,199 @@
+"""The SDK: ``Cloaker`` protects every face of a photo with TIP-IM masks.
+
+How a photo travels: safe decode (EXIF orientation applied, metadata dropped) -> MTCNN faces with
+5 landmarks -> for each face, TIP-IM optimises the photo pixels of the face region as seen through
+each surrogate's alignment -> uint8 result within +-eps of the original on every pixel -> self-check
+(fail closed) -> atomic write of a metadata-free file. The engine today is the torch reference
+(``edgecloak.export.reference``); the torch-free runtime plugs in behind the same ``protect``.
+
+Example:
+    >>> from edgecloak.cloaker import Cloaker
+    >>> cloaker = Cloaker.load()                                    # doctest: +SKIP
+    >>> result = cloaker.protect_file("me.jpg", "out/me.png")       # doctest: +SKIP
+    >>> [f.target for f in result.faces]                            # doctest: +SKIP
+    ['t1-face3']
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError
+from edgecloak.runtime.image_io import load_image, save_image_atomic
+
+
+@dataclass
+class FaceReport:
+    """One protected face: where it is, which target it was pushed to, and how far it moved.
+
+    ``similarity`` maps surrogate id to cosine similarities measured by re-detecting the face in the
+    protected image (as a recognizer downstream would):
+    ``{"original_after": cos(protected, unprotected face), "target_before": ..., "target_after": ...}``.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: list[list[float]]
+    target: str
+    similarity: dict[str, dict[str, float]] = field(default_factory=dict)
+    redetected: bool = True
+
+
+@dataclass
+class Result:
+    """The protected photo (HxWx3 uint8 RGB) and one report per face."""
+
+    image: np.ndarray
+    faces: list[FaceReport]
+    max_abs_change: int
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.faces)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+class Cloaker:
+    """Protects photos; holds the surrogates, the detector and the target identities.
+
+    Not re-entrant: one ``protect`` runs at a time per instance (an internal lock serialises calls
+    from several threads); make one Cloaker per worker to run in parallel.
+    """
+
+    def __init__(self, recognizers, detector, targets, config):
+        self.recognizers = list(recognizers)
+        self.detector = detector
+        self.targets = targets
+        self.config = config
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        surrogates: Sequence[str] | None = None,
+        target_photos: Sequence[str | os.PathLike[str]] = (),
+        **settings,
+    ) -> "Cloaker":
+        """Build a cloaker from the model zoo (fetching and converting on first use).
+
+        ``settings`` are ``TIPIMConfig`` fields (eps, steps, alpha, mu, norm, gamma, seed, ...).
+        """
+        from edgecloak.export.recognizers import Recognizer
+        from edgecloak.export.reference.targets import default_target_bank, target_bank_from_photos
+        from edgecloak.export.reference.tipim import TIPIMConfig
+        from edgecloak.export.zoo.registry import default_surrogates, ensure_detector
+        from edgecloak.runtime.detect.mtcnn import MTCNNDetector
+
+        ids = list(surrogates) if surrogates else default_surrogates()
+        recognizers = [Recognizer.load(i) for i in ids]
+        detector = MTCNNDetector.from_dir(ensure_detector())
+        if target_photos:
+            targets = target_bank_from_photos(recognizers, detector, [Path(p) for p in target_photos])
+        else:
+            targets = default_target_bank(recognizers, detector)
+        return cls(recognizers, detector, targets, TIPIMConfig(**settings))
+
+    def protect(self, image: np.ndarray, on_step: Callable[[int], None] | None = None) -> Result:
+        """Protect every detected face of an RGB uint8 image; the input array is not modified.
+
+        Raises ``NoFaceError`` (with path "image") when no face is found.
+        """
+        import torch
+
+        from edgecloak.export.reference.targets import embed_face, geometries_of
+        from edgecloak.export.reference.tipim import TIPIM
+        from edgecloak.export.reference.view import FaceView
+
+        with self._lock:
+            faces = self.detector.detect(image)
+            if not faces:
+                raise NoFaceError("image")
+            attack = TIPIM(self.recognizers, self.config)
+            original = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+            current = original.clone()
+            chosen: list[str] = []
+            befores = []
+            for face in faces:
+                user = embed_face(image, face.landmarks, self.recognizers)
+                targets = self.targets.excluding_lookalikes(user)
+                if targets.size == 0:
+                    raise ProtectionFailedError("every target identity looks like this face; pass other --target photos")
+                view = FaceView.around(face.landmarks, image.shape[:2], geometries_of(self.recognizers))
+                x0, y0, x1, y1 = view.box
+                result = attack.run(
+                    original[..., y0:y1, x0:x1], view, targets, start=current[..., y0:y1, x0:x1], on_step=on_step
+                )
+                current[..., y0:y1, x0:x1] = result.region
+                chosen.append(targets.identities[result.target_index])
+                befores.append((user, targets, result.target_index))
+            out = current[0].permute(1, 2, 0).numpy().astype(np.uint8)
+            max_change = int(np.abs(out.astype(np.int16) - image.astype(np.int16)).max())
+            # Fail closed: the budget is a promise to the user; never emit a photo that breaks it.
+            if max_change > int(self.config.eps):
+                raise ProtectionFailedError(f"internal error: change {max_change} exceeds eps {self.config.eps}")
+            if max_change == 0:
+                raise ProtectionFailedError("the mask rounded away to nothing; nothing was written")
+            reports = self._reports(image, out, faces, chosen, befores)
+        return Result(image=out, faces=reports, max_abs_change=max_change)
+
+    def _reports(self, image, out, faces, chosen, befores) -> list[FaceReport]:
+        """Score the protected photo the way a recognizer downstream would: detect again, align, embed."""
+        from edgecloak.export.reference.targets import embed_face
+
+        found = self.detector.detect(out)
+        reports = []
+        for face, target, (user, targets, t_index) in zip(faces, chosen, befores):
+            match = max(found, key=lambda f: _iou(f.box, face.box), default=None)
+            redetected = match is not None and _iou(match.box, face.box) > 0.3
+            landmarks = match.landmarks if redetected else face.landmarks
+            after = embed_face(out, landmarks, self.recognizers)
+            sims = {}
+            for r in self.recognizers:
+                t = targets.embeddings[r.id][t_index]
+                sims[r.id] = {
+                    "original_after": float(after[r.id][0] @ user[r.id][0]),
+                    "target_before": float(user[r.id][0] @ t),
+                    "target_after": float(after[r.id][0] @ t),
+                }
+            reports.append(FaceReport(
+                box=tuple(float(v) for v in face.box),
+                landmarks=np.asarray(face.landmarks).round(2).tolist(),
+                target=target,
+                similarity=sims,
+                redetected=redetected,
+            ))
+        return reports
+
+    def protect_file(
+        self,
+        source: str | os.PathLike[str],
+        destination: str | os.PathLike[str],
+        jpeg_quality: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> Result:
+        """Protect one photo file into ``destination`` (atomic; PNG unless it ends in .jpg/.jpeg).
+
+        The original is never modified: a destination that is the source itself is refused.
+        """
+        source, destination = Path(source), Path(destination)
+        if destination.exists() and source.exists() and os.path.samefile(source, destination):
+            raise OutputError(f"{destination}: refusing to overwrite the original photo; choose another output")
+        image = load_image(source)
+        try:
+            result = self.protect(image, on_step=on_step)
+        except NoFaceError:
+            raise NoFaceError(str(source)) from None
+        save_image_atomic(destination, result.image, jpeg_quality=jpeg_quality)
+        return result

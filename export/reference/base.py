@@ -1,0 +1,109 @@
+"""The shared machinery of iterative L_inf/L2 face attacks (torch autograd reference).
+
+Like torchattacks' ``Attack``: the base class owns what every attack needs (the eps-ball
+projection, uint8 quantisation, momentum bookkeeping, the step rule, input diversity, the ensemble
+embedding); subclasses such as ``TIPIM`` only write their loop body.
+
+All pixels are on the 0..255 scale. The optimised variable is a photo REGION ``[1,3,h,w]`` and the
+recognizers see it through a ``FaceView`` (differentiable alignment), see ``view.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+from edgecloak.export.recognizers import Recognizer
+
+from .view import FaceView, Jitter
+
+
+@dataclass
+class AttackConfig:
+    """Budget and step settings shared by the iterative attacks.
+
+    Defaults follow the TIP-IM paper: eps 12 on 0..255 (L_inf), N 50 iterations, alpha 1.5, mu 1.0.
+    (The public code instead uses N 100 and alpha 1.5*eps/N; set them here to reproduce it.)
+    """
+
+    eps: float = 12.0
+    steps: int = 50
+    alpha: float = 1.5
+    mu: float = 1.0
+    norm: Literal["linf", "l2"] = "linf"
+    # Optional extra L2 radius (0..255 units over the whole region) for the L2 variant; the L_inf
+    # ball always applies, so the pixel-wise guarantee of the product holds in both variants.
+    eps_l2: float | None = None
+    diversity: Jitter | None = field(default_factory=Jitter)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.eps <= 64):
+            raise ValueError(f"eps must be in (0, 64] on the 0..255 scale, got {self.eps}")
+        if self.steps < 1 or self.alpha <= 0:
+            raise ValueError("steps must be >= 1 and alpha > 0")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round to integers in the forward pass, identity in the backward (straight-through).
+
+    The saved photo is uint8; optimising through the rounding keeps the mask effective after it.
+    """
+    return x + (x.round() - x).detach()
+
+
+class IterativeAttack:
+    """Base of the attacks: subclasses implement ``run``; helpers here are shared."""
+
+    def __init__(self, recognizers: Sequence[Recognizer], config: AttackConfig | None = None):
+        if not recognizers:
+            raise ValueError("an attack needs at least one surrogate recognizer")
+        self.recognizers = list(recognizers)
+        self.config = config or AttackConfig()
+        # Equal ensemble weights: each surrogate's loss is on the same (cosine) scale.
+        self.weights = {r.id: 1.0 / len(self.recognizers) for r in self.recognizers}
+
+    # -- geometry of the budget -------------------------------------------------------------
+    def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Into the eps-ball around x0 (L_inf always; L2 too when eps_l2 is set) and [0, 255]."""
+        cfg = self.config
+        delta = x - x0
+        if cfg.eps_l2 is not None:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            delta = delta * (cfg.eps_l2 / norms).clamp(max=1.0).view(-1, 1, 1, 1)
+        delta = delta.clamp(-cfg.eps, cfg.eps)
+        return (x0 + delta).clamp(0.0, 255.0)
+
+    def finalise(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Round to the uint8 grid and re-clip so |out - x0| <= floor(eps) holds exactly per pixel."""
+        bound = math.floor(self.config.eps)
+        return torch.minimum(torch.maximum(x.round(), x0 - bound), x0 + bound).clamp(0.0, 255.0)
+
+    @staticmethod
+    def normalise(g: torch.Tensor) -> torch.Tensor:
+        """Divide each gradient in the batch by its mean absolute value (MI-FGSM)."""
+        scale = g.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
+        return g / scale.view(-1, *([1] * (g.dim() - 1)))
+
+    def step(self, x: torch.Tensor, momentum: torch.Tensor) -> torch.Tensor:
+        """One descent step of size alpha along the momentum: sign (L_inf) or L2-normalised (L2)."""
+        if self.config.norm == "linf":
+            return x - self.config.alpha * momentum.sign()
+        flat = momentum.flatten(1)
+        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        # alpha per pixel on average (RMS), so the L2 and L_inf variants move comparable amounts
+        return x - self.config.alpha * math.sqrt(flat.shape[1]) * unit.view_as(momentum)
+
+    # -- the ensemble ----------------------------------------------------------------------
+    def embed(self, region: torch.Tensor, view: FaceView, jitter=None) -> dict[str, torch.Tensor]:
+        """Unit embeddings {recognizer id: [B,D]} of a region batch seen through the view."""
+        crops = view.crops(region, jitter)
+        return {r.id: r(crops[r.id]) for r in self.recognizers}
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.seed)

@@ -1,0 +1,116 @@
+"""Target identities for TIP-IM: K faces of people who are not the user, embedded per surrogate.
+
+The default set is built from the one-photo identities that ship in registry packages (see
+``edgecloak.export.zoo.photos``): the six faces of insightface's group photo, Tom Hanks, Grace
+Hopper, Eileen Collins and the cameraman: 10 identities, the paper's K. Users may pass their own
+target photos instead. Targets that look like the user (a surrogate similarity above
+``LOOKALIKE_COSINE``) are dropped, so a user is never "protected" towards themself.
+
+Example:
+    >>> bank = default_target_bank(recognizers, detector)   # doctest: +SKIP
+    >>> bank.size, bank.identities[0]                        # doctest: +SKIP
+    (10, 't1-face0')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edgecloak.errors import NoFaceError
+from edgecloak.export.recognizers import Recognizer
+from edgecloak.export.zoo.photos import OnePhotoSource, one_photo_identities
+from edgecloak.runtime.align import ARCFACE_TEMPLATE_112, CropGeometry
+from edgecloak.runtime.image_io import load_image
+
+from .view import FaceView
+
+# Mean surrogate cosine above which a target is taken to be the user (same person).
+LOOKALIKE_COSINE = 0.5
+
+
+def geometries_of(recognizers: Sequence[Recognizer]) -> dict[str, CropGeometry]:
+    """Each recognizer's crop geometry, from its spec."""
+    return {r.id: CropGeometry(r.spec.input_size, r.spec.crop_scale) for r in recognizers}
+
+
+@torch.no_grad()
+def embed_face(image: np.ndarray, landmarks: np.ndarray, recognizers: Sequence[Recognizer]) -> dict[str, torch.Tensor]:
+    """Unit embeddings {id: [1,D]} of one face, through the same view the attack uses."""
+    view = FaceView.around(landmarks, image.shape[:2], geometries_of(recognizers))
+    x0, y0, x1, y1 = view.box
+    region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
+    crops = view.crops(region)
+    return {r.id: r(crops[r.id]) for r in recognizers}
+
+
+@dataclass
+class TargetBank:
+    """K target identities and their unit embeddings per surrogate ({id: [K, D]})."""
+
+    identities: list[str]
+    embeddings: dict[str, torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return len(self.identities)
+
+    def select(self, keep: Sequence[int]) -> "TargetBank":
+        keep = list(keep)
+        return TargetBank([self.identities[i] for i in keep], {k: v[keep] for k, v in self.embeddings.items()})
+
+    def excluding_lookalikes(self, user: dict[str, torch.Tensor], threshold: float = LOOKALIKE_COSINE) -> "TargetBank":
+        """Drop targets whose mean surrogate cosine to the user's face exceeds the threshold."""
+        sims = torch.stack([(self.embeddings[k] @ user[k].T)[:, 0] for k in self.embeddings]).mean(0)
+        return self.select([i for i in range(self.size) if float(sims[i]) <= threshold])
+
+
+def _faces_left_to_right(detector, image: np.ndarray):
+    return sorted(detector.detect(image), key=lambda f: float(f.box[0]))
+
+
+def target_bank_from_sources(
+    recognizers: Sequence[Recognizer], detector, sources: Sequence[OnePhotoSource]
+) -> TargetBank:
+    """Embed every identity of the given one-photo sources (faces of a group photo left to right)."""
+    names: list[str] = []
+    rows: dict[str, list[torch.Tensor]] = {r.id: [] for r in recognizers}
+    for src in sources:
+        image = load_image(src.path)
+        if src.aligned_112:
+            landmarks_list = [ARCFACE_TEMPLATE_112 * (image.shape[1] / 112.0)]
+        else:
+            faces = _faces_left_to_right(detector, image)[: len(src.identities)]
+            landmarks_list = [f.landmarks for f in faces]
+        for name, landmarks in zip(src.identities, landmarks_list):
+            emb = embed_face(image, landmarks, recognizers)
+            names.append(name)
+            for r in recognizers:
+                rows[r.id].append(emb[r.id][0])
+    return TargetBank(names, {k: torch.stack(v) for k, v in rows.items()})
+
+
+def default_target_bank(recognizers: Sequence[Recognizer], detector) -> TargetBank:
+    """The shipped one-photo identities as targets (10 identities)."""
+    return target_bank_from_sources(recognizers, detector, one_photo_identities())
+
+
+def target_bank_from_photos(recognizers: Sequence[Recognizer], detector, photos: Sequence[Path]) -> TargetBank:
+    """User-chosen targets: the largest face of each photo is one identity (named by file stem)."""
+    names: list[str] = []
+    rows: dict[str, list[torch.Tensor]] = {r.id: [] for r in recognizers}
+    for photo in photos:
+        image = load_image(photo)
+        faces = detector.detect(image)
+        if not faces:
+            raise NoFaceError(str(photo))
+        face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+        emb = embed_face(image, face.landmarks, recognizers)
+        names.append(Path(photo).stem)
+        for r in recognizers:
+            rows[r.id].append(emb[r.id][0])
+    return TargetBank(names, {k: torch.stack(v) for k, v in rows.items()})
