@@ -52,3 +52,9 @@ class ModelError(EdgecloakError):
     """A model is unknown or its converted artefact is missing or stale."""
 
     exit_code = 7
+
+
+class UsageError(EdgecloakError):
+    """The command line asks for something impossible."""
+
+    exit_code = 2

@@ -207,7 +207,8 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         # Integer "over" on white, rounded: out = (c * a + 255 * (255 - a)) / 255.
         out = (rgba[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
         return np.ascontiguousarray(out.astype(np.uint8))
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    # np.array copies: np.asarray would hand out a read-only view of Pillow's buffer.
+    return np.array(img.convert("RGB"), dtype=np.uint8, order="C")
 
 
 def _fsync_dir(folder: Path) -> None:

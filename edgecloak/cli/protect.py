@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgecloak.errors import EdgecloakError, OutputError
+from edgecloak.errors import EdgecloakError, OutputError, UsageError
 
 
 class ProtectCommand:
@@ -16,7 +16,8 @@ class ProtectCommand:
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser("protect", help="cloak the faces of photos", description=ProtectCommand.__doc__)
-        p.add_argument("photos", nargs="+", type=Path, help="photos to protect (never modified)")
+        p.add_argument("photos", nargs="*", type=Path, help="photos to protect (never modified)")
+        p.add_argument("--sample", action="store_true", help="also protect a shipped real sample photo (Grace Hopper)")
         p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (created if missing)")
         p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: mobileface,faceres)")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
@@ -41,6 +42,12 @@ class ProtectCommand:
         from edgecloak.cloaker import Cloaker
 
         outdir: Path = args.outdir
+        if args.sample:
+            from edgecloak.export.zoo.photos import sample_photo
+
+            args.photos = [*args.photos, sample_photo()]
+        if not args.photos:
+            raise UsageError("give at least one photo (or --sample)")
         inputs = {p.resolve() for p in args.photos if p.exists()}
         try:
             outdir.mkdir(parents=True, exist_ok=True)

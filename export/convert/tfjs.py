@@ -154,6 +154,7 @@ def _decode_weight(spec: dict[str, Any], blob: bytes, offset: int, where: Path) 
     if end > len(blob):
         raise ValueError(f"{where}: weight {name!r} runs past the end of its shards")
     raw = np.frombuffer(blob, dtype=np_dtype, count=count, offset=offset).reshape(shape)
+    array: np.ndarray
     if stored in ("uint8", "uint16") and quant is not None:
         # Affine quantisation, as tfjs-core's io.decodeWeights does it.
         values = raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])
@@ -272,10 +273,19 @@ class _Lowering:
 
     # -- constants ---------------------------------------------------------------------------
 
+    def _source(self, name: str) -> str:
+        """Follow Identity-like nodes back to the node that produces the value."""
+        seen = 0
+        while self.nodes[name]["op"] in _IDENTITY_OPS and seen < len(self.nodes):
+            name = _tensor_name(self.nodes[name]["input"][0])
+            seen += 1
+        return name
+
     def _is_const(self, name: str) -> bool:
-        return self.nodes[name]["op"] == "Const"
+        return self.nodes[self._source(name)]["op"] == "Const"
 
     def _const_value(self, name: str) -> np.ndarray:
+        name = self._source(name)
         node = self.nodes[name]
         if node["op"] != "Const":
             raise NotImplementedError(f"{name!r} ({node['op']}) must be a constant here")
@@ -288,6 +298,7 @@ class _Lowering:
 
     def _const_tensor(self, name: str, array: np.ndarray, tag: str) -> str:
         """Register a float32 buffer for ``array`` (a transformed view of constant ``name``)."""
+        name = self._source(name)
         key = (name, tag)
         if key not in self._const_keys:
             base = re.sub(r"\W", "_", f"{name}_{tag}" if tag else name).strip("_") or "const"
@@ -421,11 +432,11 @@ class _Lowering:
             padding = [ep[2], ep[3], ep[4], ep[5]]  # top, bottom, left, right
         elif padding not in ("SAME", "VALID"):
             raise NotImplementedError(f"{op} {node['name']!r}: padding {padding!r}")
-        spec: dict[str, Any] = dict(
-            op="conv", x=x, weight=self._const_tensor(inputs[1], weight, "oihw"), bias=None,
-            stride=[strides[1], strides[2]], dilation=[dilations[1], dilations[2]],
-            kernel=[int(weight.shape[2]), int(weight.shape[3])], padding=padding, groups=groups,
-        )
+        spec: dict[str, Any] = {
+            "op": "conv", "x": x, "weight": self._const_tensor(inputs[1], weight, "oihw"), "bias": None,
+            "stride": [strides[1], strides[2]], "dilation": [dilations[1], dilations[2]],
+            "kernel": [int(weight.shape[2]), int(weight.shape[3])], "padding": padding, "groups": groups,
+        }
         spec.update(self._fused(node, inputs[2:], rank=4))
         self._emit(node, 4, **spec)
 
@@ -441,7 +452,8 @@ class _Lowering:
         if _attr_bool(node, "transpose_b"):
             b = b.T
         # Stored [out, in] so forward is F.linear (one Gemm in ONNX).
-        spec: dict[str, Any] = dict(op="linear", x=a, weight=self._const_tensor(inputs[1], b.T, "linear"), bias=None)
+        weight = self._const_tensor(inputs[1], b.T, "linear")
+        spec: dict[str, Any] = {"op": "linear", "x": a, "weight": weight, "bias": None}
         spec.update(self._fused(node, inputs[2:], rank=2))
         self._emit(node, 2, **spec)
 
