@@ -9,6 +9,7 @@ reference (see test_convert_graphdef.py), about which photos look alike.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -210,8 +211,6 @@ def test_lambda_is_recognised_by_its_bytecode_never_executed(tmp_path, h5) -> No
     assert torch.allclose(module(x), (x * 1.5).permute(0, 2, 3, 1))  # TF layout out: NHWC
 
     # Any other lambda (here: the same code object with one byte of bytecode changed) is refused.
-    import base64
-
     code = bytearray(base64.b64decode(scale_sum))
     code[code.index(b"\x14\x00\x17\x00")] = 0x17  # BINARY_MULTIPLY -> BINARY_ADD
     _tiny_h5(tmp_path / "other.h5", base64.b64encode(bytes(code)).decode(), {"scale": 0.5})

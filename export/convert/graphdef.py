@@ -25,9 +25,10 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,7 +254,7 @@ class OpProgram(nn.Module):
     def _run(self, x: Tensor, keep: set[str] | None) -> dict[str, Tensor]:
         env: dict[str, Tensor] = dict(self.named_buffers())
         env[self.input_name] = x
-        kept: dict[str, Tensor] = {}
+        kept: dict[str, Tensor] = {self.input_name: x} if keep and self.input_name in keep else {}
         for step in self.steps:
             env[step.out] = _OPS[step.op](*(env[i] for i in step.inputs), **step.attrs)
             if keep is not None and step.out in keep:
