@@ -538,6 +538,309 @@ class _Lowering:
 
 
 # --------------------------------------------------------------------------------------------
+# Fusion: rewrite the plain-data op list into fewer, heavier ops
+# --------------------------------------------------------------------------------------------
+
+# Op fields that hold value references ("v:..." runtime values, "c:..." constant buffers).
+_REF_FIELDS = ("x", "a", "b", "weight", "bias", "alpha")
+
+
+class _Fuser:
+    """Pattern-match the lowered op list and fuse what eager torch runs as separate kernels.
+
+    On CPU every elementwise op is a full pass over memory forward and again backward, so the
+    graph's spelled-out batch norms, PReLUs and ReLU6s cost as much as its convolutions. Rewrites,
+    each taken only where the intermediate value has no other consumer and is not the output:
+
+    * ``Relu``/``Relu6``/``Minimum(x, c)``/``Maximum(x, c)`` with a scalar ``c`` -> one clamp
+      (``[0, 6]`` runs as ``F.hardtanh``: one kernel forward, one backward);
+    * ``Maximum(x, 0) + gamma * Minimum(x, 0)`` -> ``F.prelu(x, gamma)``;
+    * a following per-channel ``Add``/``BiasAdd``/``Sub``/``Mul``/``RealDiv`` by a constant (batch
+      norm) -> folded into the preceding conv/matmul's weight and bias (computed in float64);
+    * a scalar ``Mul`` feeding a zero-padded conv -> folded into that conv's weight;
+    * an explicit zero ``Pad`` feeding a ``VALID`` conv -> the conv's own padding;
+    * a unary activation after a conv/matmul -> that op's ``act`` (applied in place).
+
+    ``shapes`` (every runtime value's shape, from one dry run) guards every elementwise rewrite:
+    a constant that would broadcast a value to another shape is never folded.
+    """
+
+    def __init__(self, ops: list[dict[str, Any]], consts: dict[str, torch.Tensor], output_ref: str,
+                 shapes: dict[str, tuple[int, ...]]):
+        self.ops = [dict(op) for op in ops]
+        self.consts = dict(consts)
+        self.output_ref = output_ref
+        self.shapes = shapes
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _uses(self) -> dict[str, int]:
+        uses: dict[str, int] = {self.output_ref: 1}
+        for op in self.ops:
+            for field in _REF_FIELDS:
+                ref = op.get(field)
+                if isinstance(ref, str):
+                    uses[ref] = uses.get(ref, 0) + 1
+        return uses
+
+    def _producers(self) -> dict[str, dict[str, Any]]:
+        return {op["out"]: op for op in self.ops}
+
+    def _const(self, ref: Any) -> torch.Tensor | None:
+        return self.consts[ref[2:]] if isinstance(ref, str) and ref.startswith("c:") else None
+
+    def _new_const(self, like: str, tensor: torch.Tensor, tag: str = "") -> str:
+        """Register ``tensor`` (float32) under a fresh name derived from constant ``like``."""
+        base = re.sub(r"(_fused(_\d+)?)+$", "", like[2:] if like.startswith("c:") else like) + tag + "_fused"
+        name, suffix = base, 1
+        while name in self.consts:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        self.consts[name] = tensor.to(torch.float32).contiguous()
+        return "c:" + name
+
+    def _same_shape(self, a: str, b: str) -> bool:
+        return a in self.shapes and b in self.shapes and self.shapes[a] == self.shapes[b]
+
+    @staticmethod
+    def _scalar(t: torch.Tensor | None) -> float | None:
+        return float(t.reshape(-1)[0]) if t is not None and t.numel() == 1 else None
+
+    def _channel_vector(self, c: torch.Tensor, value: str) -> torch.Tensor | None:
+        """``c`` as a float64 ``[C]`` vector when it broadcasts against ``value`` per channel
+        (axis 1 of a rank-4 NCHW value, the last axis of a rank-2 one) or is a scalar."""
+        shape = self.shapes.get(value)
+        if shape is None or len(shape) not in (2, 4):
+            return None
+        channels = shape[1]
+        if c.numel() == 1 and c.dim() <= len(shape):
+            return c.reshape(1).to(torch.float64).expand(channels).clone()
+        per_channel = (1, channels, 1, 1) if len(shape) == 4 else (1, channels)
+        if c.numel() == channels and tuple(c.shape) in (per_channel, per_channel[1:2]):
+            return c.reshape(channels).to(torch.float64)
+        return None
+
+    def _split_const(self, op: dict[str, Any]) -> tuple[str, torch.Tensor, str] | None:
+        """(runtime operand, constant operand, 'a' or 'b' for where the constant sits)."""
+        ca, cb = self._const(op["a"]), self._const(op["b"])
+        if cb is not None and ca is None:
+            return op["a"], cb, "b"
+        if ca is not None and cb is None:
+            return op["b"], ca, "a"
+        return None
+
+    def _prune(self) -> None:
+        """Drop ops whose value nobody reads, then constants no op reads."""
+        while True:
+            uses = self._uses()
+            kept = [op for op in self.ops if uses.get(op["out"], 0) > 0]
+            if len(kept) == len(self.ops):
+                break
+            self.ops = kept
+        uses = self._uses()
+        self.consts = {k: v for k, v in self.consts.items() if uses.get("c:" + k, 0) > 0}
+
+    # -- rewrites (each returns True when it changed the graph) --------------------------------
+
+    def _to_clamps(self) -> bool:
+        """Relu, Relu6 and Minimum/Maximum against a scalar constant become clamp ops."""
+        changed = False
+        for i, op in enumerate(self.ops):
+            if op["op"] == "unary" and op["act"] in ("relu", "relu6"):
+                self.ops[i] = {"op": "unary", "act": "clamp", "x": op["x"], "lo": 0.0,
+                               "hi": 6.0 if op["act"] == "relu6" else None, "out": op["out"], "name": op["name"]}
+                changed = True
+            elif op["op"] == "binary" and op["kind"] in ("minimum", "maximum"):
+                split = self._split_const(op)
+                if split is None:
+                    continue
+                x, c, _ = split
+                value = self._scalar(c)
+                if value is None or not math.isfinite(value) or not self._same_shape(x, op["out"]):
+                    continue
+                lo, hi = (value, None) if op["kind"] == "maximum" else (None, value)
+                self.ops[i] = {"op": "unary", "act": "clamp", "x": x, "lo": lo, "hi": hi,
+                               "out": op["out"], "name": op["name"]}
+                changed = True
+        return changed
+
+    def _prelu(self) -> bool:
+        """clamp(x, 0, inf) + gamma * clamp(x, -inf, 0) -> prelu(x, gamma)."""
+        uses, prod = self._uses(), self._producers()
+
+        def clamp_of(ref: str, lo: float | None, hi: float | None) -> str | None:
+            op = prod.get(ref)
+            if op is None or op["op"] != "unary" or op["act"] != "clamp" or uses.get(ref) != 1:
+                return None
+            return op["x"] if (op["lo"], op["hi"]) == (lo, hi) else None
+
+        for i, op in enumerate(self.ops):
+            if op["op"] != "binary" or op["kind"] != "add":
+                continue
+            for pos_ref, neg_ref in ((op["a"], op["b"]), (op["b"], op["a"])):
+                x = clamp_of(pos_ref, 0.0, None)
+                mul = prod.get(neg_ref)
+                if x is None or mul is None or mul["op"] != "binary" or mul["kind"] != "mul" or uses.get(neg_ref) != 1:
+                    continue
+                split = self._split_const(mul)
+                if split is None or clamp_of(split[0], None, 0.0) != x:
+                    continue
+                gamma = self._channel_vector(split[1], x)
+                if gamma is None or not self._same_shape(x, op["out"]):
+                    continue
+                alpha = gamma if split[1].numel() > 1 else gamma[:1]
+                self.ops[i] = {"op": "unary", "act": "prelu", "x": x, "alpha": self._new_const(mul[split[2]], alpha),
+                               "out": op["out"], "name": op["name"]}
+                return True
+        return False
+
+    def _merge_clamps(self) -> bool:
+        """clamp(clamp(x, l1, h1), l2, h2) = clamp(x, clamp(l1, l2, h2), clamp(h1, l2, h2))."""
+        uses, prod = self._uses(), self._producers()
+        for op in self.ops:
+            if op["op"] != "unary" or op["act"] != "clamp":
+                continue
+            inner = prod.get(op["x"])
+            if inner is None or inner["op"] != "unary" or inner["act"] != "clamp" or uses.get(op["x"]) != 1:
+                continue
+
+            def clip(v: float | None, default: float) -> float:
+                v = default if v is None else v
+                lo = -math.inf if op["lo"] is None else op["lo"]
+                hi = math.inf if op["hi"] is None else op["hi"]
+                return min(max(v, lo), hi)
+
+            lo, hi = clip(inner["lo"], -math.inf), clip(inner["hi"], math.inf)
+            op["x"] = inner["x"]
+            op["lo"] = None if lo == -math.inf else lo
+            op["hi"] = None if hi == math.inf else hi
+            return True
+        return False
+
+    def _pad_into_conv(self) -> bool:
+        """Pad(x, zeros, H/W only) -> VALID conv becomes conv(x) with that padding."""
+        prod = self._producers()
+        changed = False
+        for op in self.ops:
+            if op["op"] != "conv" or not (op["padding"] == "VALID" or isinstance(op["padding"], list)):
+                continue
+            pad = prod.get(op["x"])
+            if pad is None or pad["op"] != "pad" or pad["value"] != 0.0 or len(pad["pad"]) not in (2, 4):
+                continue
+            flat = list(pad["pad"]) + [0, 0] * ((4 - len(pad["pad"])) // 2)  # [left, right, top, bottom]
+            if min(flat) < 0 or self.shapes.get(pad["x"], ()).__len__() != 4:
+                continue
+            base = [0, 0, 0, 0] if op["padding"] == "VALID" else op["padding"]  # top, bottom, left, right
+            op["padding"] = [base[0] + flat[2], base[1] + flat[3], base[2] + flat[0], base[3] + flat[1]]
+            op["x"] = pad["x"]
+            changed = True
+        return changed
+
+    def _affine_into_producer(self) -> bool:
+        """conv/matmul -> (+, -, *, /) per-output-channel constant: fold into weight and bias."""
+        uses, prod = self._uses(), self._producers()
+        for i, op in enumerate(self.ops):
+            if op["op"] != "binary" or op["kind"] not in ("add", "sub", "mul", "div"):
+                continue
+            split = self._split_const(op)
+            if split is None:
+                continue
+            x, c, side = split
+            src = prod.get(x)
+            if (src is None or src["op"] not in ("conv", "linear") or src["act"] is not None
+                    or uses.get(x) != 1 or x == self.output_ref or not self._same_shape(x, op["out"])):
+                continue
+            if op["kind"] in ("sub", "div") and side != "b":
+                continue
+            vec = self._channel_vector(c, x)
+            weight = self.consts[src["weight"][2:]].to(torch.float64)
+            if vec is None or vec.numel() != weight.shape[0]:
+                continue
+            if op["kind"] == "div" and bool((vec == 0).any()):
+                continue
+            bias_ref = src.get("bias")
+            bias = self.consts[bias_ref[2:]].to(torch.float64).reshape(-1) if bias_ref else torch.zeros(weight.shape[0], dtype=torch.float64)
+            scale = (1,) * (weight.dim() - 1)
+            if op["kind"] == "add":
+                bias = bias + vec
+            elif op["kind"] == "sub":
+                bias = bias - vec
+            elif op["kind"] == "mul":
+                weight, bias = weight * vec.reshape(-1, *scale), bias * vec
+            else:
+                weight, bias = weight / vec.reshape(-1, *scale), bias / vec
+            if op["kind"] in ("mul", "div"):
+                src["weight"] = self._new_const(src["weight"], weight)
+            src["bias"] = self._new_const(bias_ref or src["weight"], bias, "" if bias_ref else "_bias")
+            src["out"] = op["out"]
+            src["name"] = op["name"]
+            del self.ops[i]
+            return True
+        return False
+
+    def _scale_into_conv(self) -> bool:
+        """x * c (scalar c) feeding only a zero-padded conv: conv(x * c, w) = conv(x, w * c)."""
+        uses, prod = self._uses(), self._producers()
+        for op in self.ops:
+            if op["op"] != "conv":
+                continue
+            mul = prod.get(op["x"])
+            if mul is None or mul["op"] != "binary" or mul["kind"] not in ("mul", "div") or uses.get(op["x"]) != 1:
+                continue
+            split = self._split_const(mul)
+            if split is None or (mul["kind"] == "div" and split[2] != "b"):
+                continue
+            value = self._scalar(split[1])
+            if value is None or not self._same_shape(split[0], mul["out"]) or (mul["kind"] == "div" and value == 0.0):
+                continue
+            weight = self.consts[op["weight"][2:]].to(torch.float64)
+            weight = weight * value if mul["kind"] == "mul" else weight / value
+            op["weight"] = self._new_const(op["weight"], weight)
+            op["x"] = split[0]
+            return True
+        return False
+
+    def _act_into_producer(self) -> bool:
+        """conv/matmul followed by a unary activation: the activation becomes the op's ``act``."""
+        uses, prod = self._uses(), self._producers()
+        fusable = {"relu", "relu6", "clamp", "prelu", "elu", "selu", "leakyrelu", "sigmoid", "tanh"}
+        for i, op in enumerate(self.ops):
+            if op["op"] != "unary" or op["act"] not in fusable:
+                continue
+            src = prod.get(op["x"])
+            if (src is None or src["op"] not in ("conv", "linear") or src["act"] is not None
+                    or uses.get(op["x"]) != 1 or op["x"] == self.output_ref):
+                continue
+            for key in ("act", "alpha", "leak", "lo", "hi"):
+                if key in op:
+                    src[key] = op[key]
+            src["out"], src["name"] = op["out"], op["name"]
+            del self.ops[i]
+            return True
+        return False
+
+    def run(self) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        self._to_clamps()
+        self._prune()
+        rewrites = (self._prelu, self._merge_clamps, self._pad_into_conv, self._affine_into_producer,
+                    self._scale_into_conv, self._act_into_producer)
+        changed = True
+        while changed:
+            changed = False
+            for rewrite in rewrites:
+                while rewrite():
+                    changed = True
+                    self._prune()
+                self._prune()
+        # The plain activations keep their TF names where they can (readable graphs, ONNX ops).
+        for op in self.ops:
+            if op.get("act") == "clamp" and (op["lo"], op["hi"]) in ((0.0, None), (0.0, 6.0)):
+                op["act"] = "relu" if op["hi"] is None else "relu6"
+                del op["lo"], op["hi"]
+        return self.ops, self.consts
+
+
+# --------------------------------------------------------------------------------------------
 # The interpreter module
 # --------------------------------------------------------------------------------------------
 
@@ -605,22 +908,37 @@ class TfjsGraphModule(nn.Module):
             return self.get_buffer(ref[2:])
         return env[ref]
 
-    def _act(self, x: torch.Tensor, act: str | None, alpha: torch.Tensor | None, leak: float) -> torch.Tensor:
+    def _act(self, x: torch.Tensor, op: dict[str, Any], alpha: torch.Tensor | None,
+             inplace: bool = False) -> torch.Tensor:
+        """Apply ``op``'s activation to ``x`` (in place when ``inplace`` and the op allows it)."""
+        act = op["act"]
         if act is None:
             return x
         if act == "relu":
-            return torch.relu(x)
+            return torch.relu_(x) if inplace else torch.relu(x)
         if act == "relu6":
-            return torch.clamp(x, 0.0, 6.0)
+            # TF's Relu6 and its gradient (zero outside (0, 6)), in one kernel each way. Never in
+            # place: autograd would clone the input to keep it for hardtanh_'s backward.
+            return F.hardtanh(x, 0.0, 6.0)
+        if act == "clamp":
+            # A fused chain of Relu/Relu6/Minimum/Maximum with scalar constants (see _Fuser).
+            lo, hi = op["lo"], op["hi"]
+            if lo is not None and hi is not None:
+                return F.hardtanh(x, lo, hi)
+            if lo == 0.0:
+                return torch.relu_(x) if inplace else torch.relu(x)
+            return torch.clamp(x, lo, hi)
         if act == "elu":
             return F.elu(x)
         if act == "selu":
             return F.selu(x)
         if act == "leakyrelu":
-            return F.leaky_relu(x, leak)
+            return F.leaky_relu(x, op.get("leak", 0.2))
         if act == "prelu":
             assert alpha is not None
-            # max(x,0) + alpha*min(x,0), exactly TF's prelu, in ops every exporter knows.
+            if alpha.dim() <= 1:
+                return F.prelu(x, alpha)  # one kernel forward, one backward
+            # max(x,0) + alpha*min(x,0), exactly TF's prelu, for an alpha laid out to broadcast.
             return torch.clamp(x, min=0.0) + alpha * torch.clamp(x, max=0.0)
         if act == "sigmoid":
             return torch.sigmoid(x)
@@ -664,11 +982,13 @@ class TfjsGraphModule(nn.Module):
             conv_pad = [0, 0]
         y = F.conv2d(x, self.get_buffer(op["weight"][2:]), self._get(env, op["bias"]),
                      stride=op["stride"], padding=conv_pad, dilation=op["dilation"], groups=op["groups"])
-        return self._act(y, op["act"], self._get(env, op["alpha"]), op["leak"])
+        # y is a fresh conv output that nothing else holds (conv backward saves its input and
+        # weight, not its output): the activation may overwrite it.
+        return self._act(y, op, self._get(env, op.get("alpha")), inplace=True)
 
     def _run_linear(self, env: dict[str, torch.Tensor], op: dict[str, Any]) -> torch.Tensor:
         y = F.linear(env[op["x"]], self.get_buffer(op["weight"][2:]), self._get(env, op["bias"]))
-        return self._act(y, op["act"], self._get(env, op["alpha"]), op["leak"])
+        return self._act(y, op, self._get(env, op.get("alpha")), inplace=True)
 
     def _run_binary(self, env: dict[str, torch.Tensor], op: dict[str, Any]) -> torch.Tensor:
         a, b = self._get(env, op["a"]), self._get(env, op["b"])
@@ -691,7 +1011,7 @@ class TfjsGraphModule(nn.Module):
         raise NotImplementedError(f"binary op {kind!r}")
 
     def _run_unary(self, env: dict[str, torch.Tensor], op: dict[str, Any]) -> torch.Tensor:
-        return self._act(env[op["x"]], op["act"], None, op["leak"])
+        return self._act(env[op["x"]], op, self._get(env, op.get("alpha")))
 
     def _run_softmax(self, env: dict[str, torch.Tensor], op: dict[str, Any]) -> torch.Tensor:
         return torch.softmax(env[op["x"]], dim=op["dim"])
@@ -728,7 +1048,16 @@ class TfjsGraphModule(nn.Module):
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-def convert(model_json: Path, output_node: str | None = None) -> TfjsGraphModule:
+def _value_shapes(module: TfjsGraphModule, channels: int, size: int) -> dict[str, tuple[int, ...]]:
+    """Every runtime value's shape for one ``[1, channels, size, size]`` input (a dry run)."""
+    env: dict[str, torch.Tensor] = {module.input_ref: torch.zeros(1, channels, size, size)}
+    with torch.no_grad():
+        for op in module.ops:
+            env[op["out"]] = getattr(module, "_run_" + op["op"])(env, op)
+    return {ref: tuple(value.shape) for ref, value in env.items()}
+
+
+def convert(model_json: Path, output_node: str | None = None, *, fuse: bool = True) -> TfjsGraphModule:
     """Parse ``model.json`` and its ``.bin`` shards into a :class:`TfjsGraphModule`.
 
     ``output_node`` names the node whose value ``forward`` returns (a ``:0`` suffix is accepted).
@@ -737,6 +1066,12 @@ def convert(model_json: Path, output_node: str | None = None) -> TfjsGraphModule
     part of the graph that output depends on is kept. The module is in eval mode with
     ``requires_grad=False`` buffers. Raises ``NotImplementedError`` naming the op for any op the
     converter does not know.
+
+    ``fuse`` (default) rewrites the op-by-op interpretation into fewer ops computing the same
+    function (see :class:`_Fuser`: batch norms folded into conv weights, PReLU/ReLU6 as single
+    kernels, pads into conv padding); values agree with ``fuse=False`` to float32 rounding,
+    input gradients too (up to the sub-gradient at exact activation kinks). ``fuse=False`` keeps
+    the literal op-by-op interpretation of the graph.
 
     Example:
         >>> net = convert(Path("models/mobileface.json"))             # doctest: +SKIP
@@ -751,10 +1086,18 @@ def convert(model_json: Path, output_node: str | None = None) -> TfjsGraphModule
         raise ValueError(f"{model_json}: no node named {output!r}")
     weights = load_weights(model_json)
     ops, consts, out_ref, out_rank = _Lowering(nodes, weights, output).run()
-    placeholder = _placeholder(nodes)["name"]
+    placeholder = _placeholder(nodes)
     try:
         size: int | None = input_size(model_json)
     except ValueError:
         size = None
-    module = TfjsGraphModule(ops, consts, "v:" + placeholder, out_ref, out_rank, output, size)
+    input_ref = "v:" + placeholder["name"]
+    module = TfjsGraphModule(ops, consts, input_ref, out_ref, out_rank, output, size)
+    dims = placeholder.get("attr", {}).get("shape", {}).get("shape", {}).get("dim", [])
+    channels = int(dims[3].get("size", -1)) if len(dims) == 4 else -1
+    if fuse and size is not None and channels > 0:
+        # Fusion checks shapes (no constant may broadcast a value to a new shape): one dry run.
+        shapes = _value_shapes(module, channels, size)
+        ops, consts = _Fuser(ops, consts, out_ref, shapes).run()
+        module = TfjsGraphModule(ops, consts, input_ref, out_ref, out_rank, output, size)
     return module.eval()
