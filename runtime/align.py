@@ -118,7 +118,7 @@ def invert_affine(M: np.ndarray) -> np.ndarray:
     """The inverse of a 2 x 3 affine (crop -> photo for an alignment matrix).
 
     Example:
-        >>> invert_affine(np.array([[2.0, 0, 4], [0, 2.0, 6]])).tolist()
+        >>> (invert_affine(np.array([[2.0, 0, 4], [0, 2.0, 6]])) + 0.0).tolist()
         [[0.5, 0.0, -2.0], [0.0, 0.5, -3.0]]
     """
     return cv2.invertAffineTransform(np.asarray(M, dtype=np.float64))

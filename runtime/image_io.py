@@ -19,7 +19,10 @@ Decisions (documented here because callers rely on them):
   treated as 16-bit when any value exceeds 255, else as 8-bit, and clipped to range.
 - Colour profiles (ICC) are dropped, not applied: values are taken as sRGB.
 - Size limit: ``MAX_PIXELS`` (50 megapixels) by default, checked from the header before any pixel
-  is decoded, so a tiny file that declares a huge canvas costs nothing.
+  is decoded, so a tiny file that declares a huge canvas costs nothing. It is below Pillow's own
+  bomb threshold (89 MP warns, 179 MP raises), so every image Pillow would warn about is refused;
+  Pillow's warning, if shown, is followed by our error (and is itself turned into that error when
+  warnings are errors). Pillow's global ``Image.MAX_IMAGE_PIXELS`` is left alone.
 
 Example:
     >>> import numpy as np
@@ -94,7 +97,7 @@ def load_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_
 
     try:
         img = Image.open(fp, formats=READ_FORMATS)
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # warning: under -W error
         raise InputImageError(f"{name}: image too large ({exc}); downscale it below {max_pixels:,} pixels") from exc
     except Image.UnidentifiedImageError as exc:
         raise InputImageError(

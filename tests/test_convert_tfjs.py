@@ -18,11 +18,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import copy
+from collections import Counter
+
 import cv2
 import numpy as np
 import pytest
 import torch
-from edgecloak.export.convert.tfjs import CONVERTER_VERSION, TfjsGraphModule, convert, input_size
+from edgecloak.export.convert.tfjs import (
+    CONVERTER_VERSION,
+    TfjsGraphModule,
+    _Fuser,
+    _value_shapes,
+    convert,
+    input_size,
+)
 from edgecloak.export.zoo.fetch import edgecloak_home, member_path
 
 TFJS_VERSION = "4.22.0"  # exact pin: the reference runtime must not drift under the test
@@ -198,6 +208,30 @@ def test_module_contract() -> None:
     with torch.no_grad():
         torch.testing.assert_close(traced(x), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
+    # Forward+VJP traces with fake tensors too: no data-dependent control flow anywhere.
+    def vjp(inp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        inp = inp.requires_grad_(True)
+        return torch.autograd.grad(net(inp), inp, v)[0]
+
+    graph = make_fx(vjp, tracing_mode="fake", _allow_non_fake_inputs=True)(torch.zeros(2, 3, 112, 112), torch.zeros(2, 256))
+    assert any(n.target == torch.ops.aten.convolution_backward.default for n in graph.graph.nodes)
+
+
+def test_memory_layout_is_invisible() -> None:
+    """Channels-last runs inside; the caller's NCHW input gets an NCHW-contiguous gradient, and a
+    channels-last leaf input is neither copied nor given a hook per call."""
+    net = convert(model_json("mobileface"))
+    assert net.channels_last
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in net.buffers() if b.dim() == 4)
+    x = to_nchw(synthetic_faces(112, batch=2)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(x).square().sum(), x)
+    assert grad.is_contiguous()
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    for _ in range(2):
+        (grad_cl,) = torch.autograd.grad(net(x_cl).square().sum(), x_cl)
+    assert not x_cl._backward_hooks
+    torch.testing.assert_close(grad_cl, grad, rtol=1e-5, atol=1e-6 * float(grad.abs().max()))
+
 
 def test_unsupported_op_is_named(tmp_path: Path) -> None:
     """A graph op the converter does not know fails loudly, naming the op."""
@@ -215,3 +249,121 @@ def test_unsupported_op_is_named(tmp_path: Path) -> None:
 def test_unknown_output_node_is_rejected() -> None:
     with pytest.raises(ValueError, match="no_such_node"):
         convert(model_json("faceres"), "no_such_node")
+
+
+# --------------------------------------------------------------------------------------------
+# Fusion: the fused module computes the unfused interpretation's function
+# --------------------------------------------------------------------------------------------
+
+# What fusion leaves of each graph: every conv carries its batch norm, bias and activation.
+FUSED_OPS = {
+    "mobileface": {  # x - 127.5, then convs (the 1/128 input scale folded into the first); 4 residual adds; flatten; dense+bn
+        ("conv", "prelu"): 13, ("conv", None): 4, ("binary", "sub"): 1, ("binary", "add"): 4,
+        ("reshape", None): 1, ("linear", None): 1,
+    },
+    "faceres": {("conv", "relu6"): 27, ("reduce", "mean"): 1},
+    "faceres-deep": {("conv", "relu6"): 27, ("reduce", "mean"): 1},
+}
+
+
+def _op_histogram(net: TfjsGraphModule) -> Counter:
+    return Counter((op["op"], op.get("act") if op["op"] in ("conv", "linear") else op.get("kind")) for op in net.ops)
+
+
+def _out_and_grad(net: torch.nn.Module, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = net(x)
+    (grad,) = torch.autograd.grad((out * v).sum(), x)
+    return out.detach(), grad
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_fused_equals_unfused(case: Case) -> None:
+    """Same outputs and input gradients as the literal op-by-op interpretation, in far fewer ops.
+
+    In float64 the two agree to the rounding of the folded weights (stored float32): this checks
+    the rewrites exactly. In float32 the outputs agree to float32 rounding; faceres's input
+    gradient is ill-conditioned in float32 (ReLU6 kinks: an O(1e-7) change flips units between
+    active and clipped; unfused float32 itself is off from float64 by ~1e-2 of its max), so there
+    the float32 gradients are held to cosine similarity.
+    """
+    unfused = convert(case.path, case.net.output_node, fuse=False)
+    fused = case.net
+    assert len(fused.ops) < len(unfused.ops) / 3
+    assert dict(_op_histogram(fused)) == FUSED_OPS[case.name]
+    assert not any(op["op"] == "pad" for op in fused.ops)
+    assert sum(b.numel() for b in fused.buffers()) <= sum(b.numel() for b in unfused.buffers())
+
+    v = torch.from_numpy(np.random.default_rng(2).standard_normal((2, case.dim)).astype(np.float32))
+    out64, grad64 = _out_and_grad(copy.deepcopy(fused).double(), case.x.double(), v.double())
+    ref64, refgrad64 = _out_and_grad(copy.deepcopy(unfused).double(), case.x.double(), v.double())
+    assert _rel(out64, ref64) <= 1e-5
+    assert _rel(grad64, refgrad64) <= 1e-5
+
+    out, grad = _out_and_grad(fused, case.x, v)
+    ref, refgrad = _out_and_grad(unfused, case.x, v)
+    assert _rel(out, ref) <= 5e-5
+    cosine = torch.nn.functional.cosine_similarity(grad.flatten().double(), refgrad.flatten().double(), dim=0)
+    assert float(cosine) > 0.9999
+    assert float((grad - refgrad).norm() / refgrad.norm()) < 2e-2
+
+
+def _toy_module(ops: list[dict], consts: dict[str, torch.Tensor], out: str, fuse: bool) -> TfjsGraphModule:
+    net = TfjsGraphModule(ops, consts, "v:in", out, 4, "toy", 6)
+    if not fuse:
+        return net
+    fused_ops, fused_consts = _Fuser(ops, consts, out, _value_shapes(net, 2, 6)).run()
+    return TfjsGraphModule(fused_ops, fused_consts, "v:in", out, 4, "toy", 6)
+
+
+def _conv(x: str, out: str, weight: str, **extra: object) -> dict:
+    op = {"op": "conv", "x": x, "weight": weight, "bias": None, "stride": [1, 1], "dilation": [1, 1],
+          "kernel": [3, 3], "padding": "SAME", "groups": 1, "act": None, "alpha": None, "leak": 0.2,
+          "out": out, "name": out[2:]}
+    op.update(extra)
+    return op
+
+
+def test_fusion_guards() -> None:
+    """Rewrites fire only where they are exact: a spatially varying constant is not a bias, a
+    value read twice keeps its op, a non-zero Maximum is not a ReLU, and the module stays right."""
+    g = torch.Generator().manual_seed(0)
+    consts = {
+        "w": torch.randn(3, 2, 3, 3, generator=g), "w2": torch.randn(3, 3, 1, 1, generator=g),
+        "chan": torch.randn(1, 3, 1, 1, generator=g), "spatial": torch.randn(1, 1, 6, 6, generator=g),
+        "zero": torch.zeros(1), "one": torch.ones(1), "six": torch.full((1,), 6.0),
+        "gamma": torch.rand(1, 3, 1, 1, generator=g),
+    }
+    ops = [
+        {"op": "pad", "x": "v:in", "pad": [1, 1, 1, 1], "value": 0.0, "out": "v:pad", "name": "pad"},
+        _conv("v:pad", "v:c1", "c:w", padding="VALID"),                                   # pad -> padding
+        {"op": "binary", "kind": "mul", "a": "v:c1", "b": "c:chan", "out": "v:bn_mul", "name": "bn_mul"},
+        {"op": "binary", "kind": "add", "a": "c:chan", "b": "v:bn_mul", "out": "v:bn", "name": "bn"},
+        {"op": "binary", "kind": "minimum", "a": "c:zero", "b": "v:bn", "out": "v:neg", "name": "neg"},
+        {"op": "binary", "kind": "mul", "a": "c:gamma", "b": "v:neg", "out": "v:gneg", "name": "gneg"},
+        {"op": "binary", "kind": "maximum", "a": "c:zero", "b": "v:bn", "out": "v:pos", "name": "pos"},
+        {"op": "binary", "kind": "add", "a": "v:pos", "b": "v:gneg", "out": "v:prelu", "name": "prelu"},
+        _conv("v:prelu", "v:c2", "c:w2", kernel=[1, 1]),
+        {"op": "binary", "kind": "add", "a": "v:c2", "b": "c:spatial", "out": "v:sp", "name": "sp"},  # not a bias
+        _conv("v:sp", "v:c3", "c:w2", kernel=[1, 1]),
+        {"op": "binary", "kind": "maximum", "a": "v:c3", "b": "c:one", "out": "v:m1", "name": "m1"},   # clamp(1, inf)
+        {"op": "binary", "kind": "minimum", "a": "v:m1", "b": "c:six", "out": "v:m6", "name": "m6"},
+        {"op": "binary", "kind": "add", "a": "v:m6", "b": "v:c3", "out": "v:res", "name": "res"},      # c3 read twice
+        {"op": "unary", "x": "v:res", "act": "relu", "leak": 0.2, "out": "v:r", "name": "r"},
+    ]
+    unfused = _toy_module(ops, consts, "v:r", fuse=False)
+    fused = _toy_module(ops, consts, "v:r", fuse=True)
+    kinds = [(op["op"], op.get("act") or op.get("kind")) for op in fused.ops]
+    assert kinds == [("conv", "prelu"), ("conv", None), ("binary", "add"), ("conv", None),
+                     ("unary", "clamp"), ("binary", "add"), ("unary", "relu")]
+    assert fused.ops[0]["padding"] == [1, 1, 1, 1] and fused.ops[0]["x"] == "v:in"
+    assert (fused.ops[4]["lo"], fused.ops[4]["hi"]) == (1.0, 6.0)
+    x = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64) * 3
+    v = torch.randn(3, 6, 6, 3, generator=g, dtype=torch.float64)
+    out, grad = _out_and_grad(fused.double(), x, v)
+    ref, refgrad = _out_and_grad(unfused.double(), x, v)
+    assert _rel(out, ref) <= 1e-6
+    assert _rel(grad, refgrad) <= 1e-6

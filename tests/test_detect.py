@@ -1,7 +1,9 @@
 """MTCNN: ONNX conversion parity with the torch modules, and detection on real photos.
 
 Real weights (facenet-pytorch's wheel) and real photos (the 5-identity set, insightface's t1.jpg),
-fetched through the zoo; nothing mocked.
+fetched through the zoo; nothing mocked. The converter is tested on a fresh conversion
+(``mtcnn_dir``); detection uses conftest's session ``detector`` (the zoo's cached conversion by
+the same converter) and its ``celeb_faces`` (all 118 photos, detected once per session).
 """
 
 from __future__ import annotations
@@ -39,11 +41,6 @@ def mtcnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (out / "onet.onnx").exists():  # convert() writes onet last, each file atomically
         convert(weights("pnet"), weights("rnet"), weights("onet"), out)
     return out
-
-
-@pytest.fixture(scope="module")
-def detector(mtcnn_dir: Path) -> MTCNNDetector:
-    return MTCNNDetector.from_dir(mtcnn_dir)
 
 
 @pytest.fixture(scope="module")
@@ -101,35 +98,51 @@ def test_wrong_weights_are_refused(tmp_path: Path) -> None:
 # -- detection on real photos --------------------------------------------------------------------
 
 
-def test_detects_a_face_in_nearly_every_identity_photo(detector: MTCNNDetector) -> None:
-    photos = [p for paths in identity_photos().values() for p in paths]
-    assert len(photos) == 118
-    images = [load_image(p) for p in photos]
-    detector.detect(images[0])  # warm-up: first ORT runs allocate
+def test_detects_a_face_in_nearly_every_identity_photo(celeb_faces) -> None:
+    assert len(celeb_faces) == 118
+    missed = [p.path.name for p in celeb_faces if p.face is None]
+    hits = len(celeb_faces) - len(missed)
+    print(f"\nMTCNN: face found in {hits}/{len(celeb_faces)} photos; missed {missed}")
+    assert hits >= 0.95 * len(celeb_faces)
+    for photo in celeb_faces:
+        if photo.face is not None:
+            assert 0.7 < photo.face.score <= 1.0
+            assert photo.face.width > 20 and photo.face.height > 20
+
+
+def test_detection_time(detector: MTCNNDetector, celeb_faces) -> None:
+    # Seconds per photo on the identity set (115-380 px photos) and on t1.jpg (1280 x 886, searched
+    # at 1024 px). Reported, and bounded loosely so that a pathological slowdown fails.
+    images = [p.image for p in celeb_faces[::4]]
+    detector.detect(images[0])  # warm-up: the first ORT runs allocate
     start = time.perf_counter()
-    found = [detector.detect(img) for img in images]
-    seconds = (time.perf_counter() - start) / len(images)
-    hits = sum(bool(f) for f in found)
-    missed = [p.name for p, f in zip(photos, found) if not f]
-    print(f"\nMTCNN: face found in {hits}/{len(photos)} photos, {seconds:.3f} s/photo; missed {missed}")
-    assert hits >= 0.95 * len(photos)
-    for faces in found:
-        if faces:
-            best = faces[0]
-            assert 0.7 < best.score <= 1.0
-            assert best.width > 20 and best.height > 20
+    for image in images:
+        detector.detect(image)
+    per_photo = (time.perf_counter() - start) / len(images)
+    group = load_image(member_path(*_T1))
+    start = time.perf_counter()
+    detector.detect(group)
+    per_group = time.perf_counter() - start
+    print(f"\nMTCNN: {per_photo:.3f} s/photo over {len(images)} identity photos; t1.jpg {per_group:.2f} s")
+    assert per_photo < 2.0 and per_group < 10.0
 
 
 def test_group_photo_has_six_faces(t1_faces: list[DetectedFace]) -> None:
-    assert len(t1_faces) == 6
+    # Six people, all found with high confidence. At facenet-pytorch's default thresholds MTCNN
+    # also reports two weak false positives here (a fist at ~0.86, a blurred patch at ~0.82), as
+    # facenet-pytorch itself does: every real face scores >= 0.95, every false one < 0.9.
+    people = [f for f in t1_faces if f.score >= 0.9]
+    assert len(people) == 6
+    assert all(f.score >= 0.95 for f in people)
+    assert all(f.width > 80 for f in people)
+    assert len(t1_faces) - len(people) <= 2
     scores = [f.score for f in t1_faces]
     assert scores == sorted(scores, reverse=True)
-    assert min(scores) > 0.9
 
 
 def test_landmarks_are_in_anatomical_order(detector: MTCNNDetector, t1_faces: list[DetectedFace]) -> None:
     photos = [paths[0] for paths in identity_photos().values()]
-    faces = list(t1_faces) + [detector.detect(load_image(p))[0] for p in photos]
+    faces = [f for f in t1_faces if f.score >= 0.9] + [detector.detect(load_image(p))[0] for p in photos]
     for face in faces:
         (lex, ley), (rex, rey), (nx, ny), (lmx, lmy), (rmx, rmy) = face.landmarks
         assert lex < rex and lmx < rmx  # "left" as seen in the image
@@ -142,8 +155,9 @@ def test_landmarks_are_in_anatomical_order(detector: MTCNNDetector, t1_faces: li
 def test_downscaled_search_matches_full_resolution(mtcnn_dir: Path, t1_faces: list[DetectedFace]) -> None:
     # t1.jpg is 1280 px wide: the default detector searches an 1024 px copy; ONet runs at full size.
     full = MTCNNDetector.from_dir(mtcnn_dir, max_side=None).detect(load_image(member_path(*_T1)))
-    assert len(full) == len(t1_faces) == 6
-    for face in t1_faces:
+    people = [f for f in t1_faces if f.score >= 0.9]
+    assert len([f for f in full if f.score >= 0.9]) == len(people) == 6
+    for face in people:
         twin = min(full, key=lambda f: np.abs(f.box - face.box).sum())
         assert np.abs(twin.landmarks - face.landmarks).max() < 0.1 * face.width
 
@@ -163,15 +177,27 @@ def test_no_face_in_blank_or_tiny_images(detector: MTCNNDetector) -> None:
         detector.detect(np.zeros((100, 100), np.uint8))
 
 
-def test_face_at_the_photo_edge_keeps_its_landmarks(detector: MTCNNDetector) -> None:
-    # Cut a photo through the face: the box sticks out of the photo, the crop is zero-padded.
-    photo = load_image(identity_photos()["ben_afflek"][0])
-    face = detector.detect(photo)[0]
-    cut = int(face.box[0] + 0.25 * face.width)
-    edge_faces = detector.detect(np.ascontiguousarray(photo[:, cut:]))
-    assert edge_faces, "a face cut at its left quarter should still be found"
-    right_eye = edge_faces[0].landmarks[1] + [cut, 0]
-    assert np.linalg.norm(right_eye - face.landmarks[1]) < 0.1 * face.width
+def test_faces_cut_by_the_photo_edge_keep_their_landmarks(detector: MTCNNDetector) -> None:
+    # Cut photos through the face (15% of its width off the left): the face's box now sticks out
+    # of the photo, ONet sees a clipped, stretched crop, and its landmarks must be mapped through
+    # what it saw. Measured: median error of the right eye / right mouth corner ~2% of the face
+    # width (mapping through the whole box instead, as facenet-pytorch does, gives ~15-20%).
+    errors = []
+    for paths in identity_photos().values():
+        for path in paths[:2]:
+            photo = load_image(path)
+            face = detector.detect(photo)[0]
+            cut = int(face.box[0] + 0.15 * face.width)
+            if cut <= 0:
+                continue
+            found = detector.detect(np.ascontiguousarray(photo[:, cut:]))
+            assert found, f"{path.name}: a face cut at 15% should still be found"
+            twin = min(found, key=lambda f: abs(f.box[2] + cut - face.box[2]))
+            moved = np.linalg.norm(twin.landmarks + [cut, 0] - face.landmarks, axis=1)[[1, 4]]
+            errors.append(moved.mean() / face.width)
+    print(f"\nedge faces: right-side landmark error median {np.median(errors):.3f}, max {max(errors):.3f} x face width")
+    assert len(errors) >= 8
+    assert np.median(errors) < 0.05
 
 
 def test_runtime_never_imports_torch() -> None:

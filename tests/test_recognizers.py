@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from edgecloak.export.reference.targets import embed_face
+from edgecloak.export.reference.targets import embed_faces
 from edgecloak.export.zoo.registry import recognizer_ids, recognizer_spec
 
 
@@ -34,8 +33,7 @@ def test_pairwise_auc_on_known_cases():
 def test_leave_one_out_auc_on_real_photos(model_id, recognizer, celeb_faces):
     rec = recognizer(model_id)
     faces = [p for p in celeb_faces if p.face is not None]
-    with torch.no_grad():
-        emb = torch.cat([embed_face(p.image, p.face.landmarks, [rec])[model_id] for p in faces]).numpy()
+    emb = embed_faces([(p.image, p.face.landmarks) for p in faces], [rec])[model_id].numpy()
     assert emb.shape == (len(faces), recognizer_spec(model_id).embedding_dim)
     labels = np.array([p.identity for p in faces])
     sims = emb @ emb.T

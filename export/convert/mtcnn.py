@@ -159,7 +159,14 @@ def load_net(name: str, state_dict_path: Path) -> nn.Module:
 
 
 def export_net(net: nn.Module, name: str, out_path: Path) -> Path:
-    """Export one loaded net to ONNX (opset 17, dynamic batch, PNet also dynamic H/W), atomically."""
+    """Export one loaded net to ONNX (opset 17, dynamic batch, PNet also dynamic H/W), atomically.
+
+    The graph is checked with ``onnx.checker`` before it replaces ``out_path``.
+
+    Example:
+        >>> export_net(load_net("onet", Path("onet.pt")), "onet", Path("out/onet.onnx"))  # doctest: +SKIP
+        PosixPath('out/onet.onnx')
+    """
     _, shape, outputs, dyn = _NETS[name]
     dynamic_axes = {"input": dyn, **{o: {0: "batch"} for o in outputs}}
     if name == "pnet":
@@ -189,6 +196,7 @@ def export_net(net: nn.Module, name: str, out_path: Path) -> Path:
         onnx.checker.check_model(model, full_check=True)
         model.producer_name = f"edgecloak {CONVERTER_VERSION}"
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp made it 0600; the cache is meant to be shared and read
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):

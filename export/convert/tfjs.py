@@ -18,7 +18,16 @@ Layout: TF.js graphs are NHWC; torch convolutions want NCHW. The module keeps ev
 activation in NCHW and translates each op's axis-dependent arguments (constants broadcast against
 rank-4 tensors, reduction axes, reshape order, pads) at conversion time. Its input is therefore
 NCHW RGB in the model's raw input domain (0..255 for the human-models face networks; any scaling
-the model needs is part of its graph and reproduced here).
+the model needs is part of its graph and reproduced here). In memory, rank-4 activations and conv
+weights are channels-last (NHWC strides under NCHW indexing), the layout oneDNN's CPU convolutions
+run fastest in; that changes strides only, never an op's meaning.
+
+Speed: the lowered graph spells out what TF's grappler left unfused (batch norm as Mul/Add after a
+conv, PReLU as Maximum/Minimum/Mul/Add, ReLU6 as Relu/Minimum/Maximum, explicit Pads before VALID
+convs), and on CPU each such elementwise op is a memory pass forward and another backward.
+``convert(..., fuse=True)`` (the default) rewrites the op list once at conversion time (see
+:class:`_Fuser`): 92 -> 24 ops for mobileface, 149 -> 28 for faceres / faceres-deep, about 2.3x
+faster forward+backward at batch 10 on a CPU. ``fuse=False`` keeps the literal interpretation.
 
 Example:
     >>> from pathlib import Path
@@ -48,7 +57,7 @@ __all__ = ["CONVERTER_VERSION", "TfjsGraphModule", "convert", "input_size", "loa
 
 #: Bump whenever the produced module could compute something different (cached artefacts that
 #: record another version are stale).
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 
 # Bytes per stored element, by the dtype written in the .bin shard (after quantisation).
 _STORED_DTYPES: dict[str, np.dtype] = {
@@ -728,7 +737,7 @@ class _Fuser:
             if pad is None or pad["op"] != "pad" or pad["value"] != 0.0 or len(pad["pad"]) not in (2, 4):
                 continue
             flat = list(pad["pad"]) + [0, 0] * ((4 - len(pad["pad"])) // 2)  # [left, right, top, bottom]
-            if min(flat) < 0 or self.shapes.get(pad["x"], ()).__len__() != 4:
+            if min(flat) < 0 or len(self.shapes.get(pad["x"], ())) != 4:
                 continue
             base = [0, 0, 0, 0] if op["padding"] == "VALID" else op["padding"]  # top, bottom, left, right
             op["padding"] = [base[0] + flat[2], base[1] + flat[3], base[2] + flat[0], base[3] + flat[1]]
@@ -851,6 +860,10 @@ def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int,
     return total // 2, total - total // 2
 
 
+def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous()
+
+
 class TfjsGraphModule(nn.Module):
     """A TF.js graph, pruned to one output, run op by op with torch.
 
@@ -873,6 +886,7 @@ class TfjsGraphModule(nn.Module):
         output_rank: int,
         output_node: str,
         input_size: int | None,
+        channels_last: bool = True,
     ):
         super().__init__()
         self.ops = ops
@@ -881,8 +895,14 @@ class TfjsGraphModule(nn.Module):
         self.output_rank = output_rank
         self.output_node = output_node
         self.input_size = input_size
+        # Run rank-4 activations (and store conv weights) channels-last: oneDNN's CPU convolutions,
+        # depthwise ones above all, then skip their NCHW <-> blocked reorders (measured ~15% off
+        # forward+backward). Only strides change: every op and value stays NCHW-indexed.
+        self.channels_last = channels_last
         self.converter_version = CONVERTER_VERSION
         for name, tensor in consts.items():
+            if channels_last and tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
             self.register_buffer(name, tensor)
 
     def extra_repr(self) -> str:
@@ -891,6 +911,13 @@ class TfjsGraphModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected an NCHW [B, C, H, W] tensor, got shape {tuple(x.shape)}")
+        if self.channels_last:
+            converted = x.contiguous(memory_format=torch.channels_last)
+            if converted is not x and converted.requires_grad:
+                # The gradient flowing back to the caller's NCHW input comes out NCHW-contiguous
+                # (as it would without the layout change), not channels-last strided.
+                converted.register_hook(_contiguous_grad)
+            x = converted
         env: dict[str, torch.Tensor] = {self.input_ref: x}
         for op in self.ops:
             env[op["out"]] = getattr(self, "_run_" + op["op"])(env, op)

@@ -48,6 +48,26 @@ def embed_face(image: np.ndarray, landmarks: np.ndarray, recognizers: Sequence[R
     return {r.id: r(crops[r.id]) for r in recognizers}
 
 
+@torch.no_grad()
+def embed_faces(
+    faces: Sequence[tuple[np.ndarray, np.ndarray]], recognizers: Sequence[Recognizer], batch: int = 32
+) -> dict[str, torch.Tensor]:
+    """Unit embeddings {id: [N,D]} of many (image, landmarks) faces, run through the nets in batches."""
+    geometries = geometries_of(recognizers)
+    crops: dict[str, list[torch.Tensor]] = {r.id: [] for r in recognizers}
+    for image, landmarks in faces:
+        view = FaceView.around(landmarks, image.shape[:2], geometries)
+        x0, y0, x1, y1 = view.box
+        region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
+        for name, crop in view.crops(region).items():
+            crops[name].append(crop)
+    out = {}
+    for r in recognizers:
+        stacked = torch.cat(crops[r.id])
+        out[r.id] = torch.cat([r(stacked[i : i + batch]) for i in range(0, len(stacked), batch)])
+    return out
+
+
 @dataclass
 class TargetBank:
     """K target identities and their unit embeddings per surrogate ({id: [K, D]})."""

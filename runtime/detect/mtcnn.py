@@ -16,10 +16,12 @@ Where we differ, and why:
   1707 px photo, 47 px on a 4000 px one. ONet then runs on crops of the FULL-resolution photo,
   so boxes and landmarks keep full precision. ``max_side=None`` disables the downscale.
 - Faces at the photo edge: like facenet-pytorch, a box that sticks out of the photo is clipped
-  and its crop stretched to a square (zero-padding, as the original MTCNN does, lost two of the
-  edge faces facenet-pytorch finds in our photo set). But facenet-pytorch then maps ONet's
-  landmarks through the unclipped box, which puts them off by up to the clipped fraction; here
-  they go through the part of the box the crop really shows.
+  and its crop stretched to a square. (Zero-padding, as the original MTCNN does, changes which
+  edge faces are found -- on our photo set it lost a half-visible face at the left edge -- so we
+  keep facenet-pytorch's choice.) But facenet-pytorch then maps ONet's landmarks through the
+  unclipped box, which misplaces them by up to the clipped fraction (15-20 % of the face width
+  for a face cut at 15 %); here they go through the part of the box the crop really shows
+  (about 2 %).
 
 Resampling is torch's ``interpolate(mode="area")`` (adaptive average pooling) reproduced exactly
 with summed-area tables; OpenCV's INTER_AREA differs on fractional ratios, and that was enough to
