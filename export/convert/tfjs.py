@@ -911,7 +911,7 @@ class TfjsGraphModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected an NCHW [B, C, H, W] tensor, got shape {tuple(x.shape)}")
-        if self.channels_last:
+        if getattr(self, "channels_last", False):  # absent from modules pickled by converter 1
             converted = x.contiguous(memory_format=torch.channels_last)
             if converted is not x and converted.requires_grad:
                 # The gradient flowing back to the caller's NCHW input comes out NCHW-contiguous
