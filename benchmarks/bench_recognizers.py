@@ -24,10 +24,9 @@ import json
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 from edgecloak.export.recognizers import Recognizer
 from edgecloak.export.zoo.registry import recognizer_ids, recognizer_spec
 
@@ -109,7 +108,7 @@ def main() -> int:
             unfused = unfused_recognizer(model_id) if args.compare_unfused else None
             if unfused is not None:
                 variants["unfused"] = step_fns(unfused, spec.input_size, spec.embedding_dim)
-        except Exception as exc:  # a model whose package cannot be fetched or converted here
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be fetched or converted here is skipped
             print(f"{model_id}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
             results[model_id] = {"skipped": f"{type(exc).__name__}: {exc}"}
             continue

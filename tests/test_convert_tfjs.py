@@ -9,17 +9,16 @@ tests skip (gradient, batching, pickling and tracing checks need no Node).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import copy
-from collections import Counter
 
 import cv2
 import numpy as np

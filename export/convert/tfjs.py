@@ -26,8 +26,9 @@ Speed: the lowered graph spells out what TF's grappler left unfused (batch norm 
 conv, PReLU as Maximum/Minimum/Mul/Add, ReLU6 as Relu/Minimum/Maximum, explicit Pads before VALID
 convs), and on CPU each such elementwise op is a memory pass forward and another backward.
 ``convert(..., fuse=True)`` (the default) rewrites the op list once at conversion time (see
-:class:`_Fuser`): 92 -> 24 ops for mobileface, 149 -> 28 for faceres / faceres-deep, about 2.3x
-faster forward+backward at batch 10 on a CPU. ``fuse=False`` keeps the literal interpretation.
+:class:`_Fuser`): 92 -> 24 ops for mobileface, 149 -> 28 for faceres / faceres-deep. With the
+channels-last layout, forward+backward at batch 10 on a CPU runs 2.3-2.9x faster than converter 1's
+module (``benchmarks/bench_recognizers.py``). ``fuse=False`` keeps the literal interpretation.
 
 Example:
     >>> from pathlib import Path
@@ -600,7 +601,7 @@ class _Fuser:
 
     def _new_const(self, like: str, tensor: torch.Tensor, tag: str = "") -> str:
         """Register ``tensor`` (float32) under a fresh name derived from constant ``like``."""
-        base = re.sub(r"(_fused(_\d+)?)+$", "", like[2:] if like.startswith("c:") else like) + tag + "_fused"
+        base = re.sub(r"(_fused(_\d+)?)+$", "", like.removeprefix("c:")) + tag + "_fused"
         name, suffix = base, 1
         while name in self.consts:
             suffix += 1
@@ -713,13 +714,10 @@ class _Fuser:
             if inner is None or inner["op"] != "unary" or inner["act"] != "clamp" or uses.get(op["x"]) != 1:
                 continue
 
-            def clip(v: float | None, default: float) -> float:
-                v = default if v is None else v
-                lo = -math.inf if op["lo"] is None else op["lo"]
-                hi = math.inf if op["hi"] is None else op["hi"]
-                return min(max(v, lo), hi)
-
-            lo, hi = clip(inner["lo"], -math.inf), clip(inner["hi"], math.inf)
+            outer_lo = -math.inf if op["lo"] is None else op["lo"]
+            outer_hi = math.inf if op["hi"] is None else op["hi"]
+            lo = min(max(-math.inf if inner["lo"] is None else inner["lo"], outer_lo), outer_hi)
+            hi = min(max(math.inf if inner["hi"] is None else inner["hi"], outer_lo), outer_hi)
             op["x"] = inner["x"]
             op["lo"] = None if lo == -math.inf else lo
             op["hi"] = None if hi == math.inf else hi
