@@ -38,14 +38,9 @@ def geometries_of(recognizers: Sequence[Recognizer]) -> dict[str, CropGeometry]:
     return {r.id: CropGeometry(r.spec.input_size, r.spec.crop_scale) for r in recognizers}
 
 
-@torch.no_grad()
 def embed_face(image: np.ndarray, landmarks: np.ndarray, recognizers: Sequence[Recognizer]) -> dict[str, torch.Tensor]:
     """Unit embeddings {id: [1,D]} of one face, through the same view the attack uses."""
-    view = FaceView.around(landmarks, image.shape[:2], geometries_of(recognizers))
-    x0, y0, x1, y1 = view.box
-    region = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
-    crops = view.crops(region)
-    return {r.id: r(crops[r.id]) for r in recognizers}
+    return embed_faces([(image, landmarks)], recognizers)
 
 
 @torch.no_grad()
@@ -89,29 +84,23 @@ class TargetBank:
         return self.select([i for i in range(self.size) if float(sims[i]) <= threshold])
 
 
-def _faces_left_to_right(detector, image: np.ndarray):
-    return sorted(detector.detect(image), key=lambda f: float(f.box[0]))
-
-
 def target_bank_from_sources(
     recognizers: Sequence[Recognizer], detector, sources: Sequence[OnePhotoSource]
 ) -> TargetBank:
     """Embed every identity of the given one-photo sources (faces of a group photo left to right)."""
     names: list[str] = []
-    rows: dict[str, list[torch.Tensor]] = {r.id: [] for r in recognizers}
+    faces: list[tuple[np.ndarray, np.ndarray]] = []
     for src in sources:
         image = load_image(src.path)
         if src.aligned_112:
             landmarks_list = [ARCFACE_TEMPLATE_112 * (image.shape[1] / 112.0)]
         else:
-            faces = _faces_left_to_right(detector, image)[: len(src.identities)]
-            landmarks_list = [f.landmarks for f in faces]
-        for name, landmarks in zip(src.identities, landmarks_list):
-            emb = embed_face(image, landmarks, recognizers)
-            names.append(name)
-            for r in recognizers:
-                rows[r.id].append(emb[r.id][0])
-    return TargetBank(names, {k: torch.stack(v) for k, v in rows.items()})
+            # MTCNN may also report non-faces (a fist in t1.jpg): keep the most confident ones
+            found = sorted(detector.detect(image), key=lambda f: -f.score)[: len(src.identities)]
+            landmarks_list = [f.landmarks for f in sorted(found, key=lambda f: float(f.box[0]))]
+        names += list(src.identities[: len(landmarks_list)])
+        faces += [(image, lm) for lm in landmarks_list]
+    return TargetBank(names, embed_faces(faces, recognizers))
 
 
 def default_target_bank(recognizers: Sequence[Recognizer], detector) -> TargetBank:
@@ -121,16 +110,12 @@ def default_target_bank(recognizers: Sequence[Recognizer], detector) -> TargetBa
 
 def target_bank_from_photos(recognizers: Sequence[Recognizer], detector, photos: Sequence[Path]) -> TargetBank:
     """User-chosen targets: the largest face of each photo is one identity (named by file stem)."""
-    names: list[str] = []
-    rows: dict[str, list[torch.Tensor]] = {r.id: [] for r in recognizers}
+    faces: list[tuple[np.ndarray, np.ndarray]] = []
     for photo in photos:
         image = load_image(photo)
-        faces = detector.detect(image)
-        if not faces:
+        found = detector.detect(image)
+        if not found:
             raise NoFaceError(str(photo))
-        face = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
-        emb = embed_face(image, face.landmarks, recognizers)
-        names.append(Path(photo).stem)
-        for r in recognizers:
-            rows[r.id].append(emb[r.id][0])
-    return TargetBank(names, {k: torch.stack(v) for k, v in rows.items()})
+        face = max(found, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+        faces.append((image, face.landmarks))
+    return TargetBank([Path(p).stem for p in photos], embed_faces(faces, recognizers))
