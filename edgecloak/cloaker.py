@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError
+from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.runtime.image_io import load_image, save_image_atomic
 
 
@@ -84,10 +84,12 @@ class Cloaker:
         cls,
         surrogates: Sequence[str] | None = None,
         target_photos: Sequence[str | os.PathLike[str]] = (),
+        num_targets: int | None = None,
         **settings,
     ) -> "Cloaker":
         """Build a cloaker from the model zoo (fetching and converting on first use).
 
+        ``num_targets`` keeps the first K target identities (default: all, 10 shipped ones).
         ``settings`` are ``TIPIMConfig`` fields (eps, steps, alpha, mu, norm, gamma, seed, ...).
         """
         from edgecloak.export.recognizers import Recognizer
@@ -103,6 +105,10 @@ class Cloaker:
             targets = target_bank_from_photos(recognizers, detector, [Path(p) for p in target_photos])
         else:
             targets = default_target_bank(recognizers, detector)
+        if num_targets is not None:
+            if num_targets < 1:
+                raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+            targets = targets.select(range(min(num_targets, targets.size)))
         return cls(recognizers, detector, targets, TIPIMConfig(**settings))
 
     def protect(self, image: np.ndarray, on_step: Callable[[int], None] | None = None) -> Result:

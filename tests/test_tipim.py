@@ -107,6 +107,25 @@ def test_batched_gradients_equal_separate_backward_passes(recognizer, celeb_face
         assert torch.allclose(batched[k], g[0], rtol=1e-4, atol=1e-6 * g.abs().max().item())
 
 
+@pytest.mark.parametrize("settings", [dict(norm="l2", eps_l2=400.0), dict(gamma=0.5), dict(diversity=None, mu=0.5)])
+def test_variants_run_on_a_real_face_and_keep_the_budget(recognizer, detector, settings):
+    """The L2 variant, the MMD term and the no-diversity path all run end to end and keep eps."""
+    from edgecloak.cloaker import Cloaker
+    from edgecloak.export.reference.targets import default_target_bank
+    from edgecloak.export.zoo.photos import sample_photo
+    from edgecloak.runtime.image_io import load_image
+
+    rec = recognizer("mobileface")
+    image = load_image(sample_photo())
+    cloaker = Cloaker([rec], detector, default_target_bank([rec], detector).select(range(3)),
+                      TIPIMConfig(steps=4, eps=8, **settings))
+    result = cloaker.protect(image)
+    change = np.abs(result.image.astype(int) - image.astype(int))
+    assert 0 < change.max() <= 8
+    assert result.faces[0].target in cloaker.targets.identities
+    assert result.faces[0].similarity["mobileface"]["original_after"] < 1.0
+
+
 @pytest.mark.slow
 def test_whitebox_protection_on_real_photos(recognizer, detector, celeb_faces):
     """Paper defaults, white-box mobileface: >= 9 of 10 probes no longer rank their true identity first.

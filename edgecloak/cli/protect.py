@@ -22,6 +22,7 @@ class ProtectCommand:
         p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: mobileface,faceres)")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
                        help="a target identity photo (repeatable); default: the 10 shipped identities")
+        p.add_argument("-k", "--num-targets", type=int, default=None, help="use the first K targets (paper: 10)")
         p.add_argument("--eps", type=float, default=12.0, help="L_inf budget on 0..255 (paper: 12)")
         p.add_argument("--steps", type=int, default=50, help="iterations N (paper: 50)")
         p.add_argument("--alpha", type=float, default=1.5, help="step size (paper: 1.5)")
@@ -59,7 +60,7 @@ class ProtectCommand:
         if args.no_diversity:
             settings["diversity"] = None
         surrogates = args.surrogates.split(",") if args.surrogates else None
-        cloaker = Cloaker.load(surrogates=surrogates, target_photos=args.target, **settings)
+        cloaker = Cloaker.load(surrogates=surrogates, target_photos=args.target, num_targets=args.num_targets, **settings)
 
         summary, exit_code = [], 0
         for photo in args.photos:
