@@ -172,3 +172,23 @@ def test_whitebox_protection_on_real_photos(recognizer, detector, celeb_faces):
     print(f"white-box mobileface: {moved}/10 moved off their identity (Rank-1-UT), {rank1_target}/10 at a target")
     assert moved >= 9
     assert rank1_target >= 8  # and impersonation: a target identity is the rank-1 answer
+
+
+def test_budget_fades_out_at_region_edges_inside_the_photo():
+    """No hard rectangle: the per-pixel budget ramps to ~0 at region edges that are inside the photo."""
+    from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
+
+    geometry = {"m": CropGeometry(112)}
+    inside = FaceView.around(ARCFACE_TEMPLATE_112 + 200, (600, 600), geometry)
+    w = inside.edge_weight()[0, 0]
+    h_, w_ = inside.region_hw
+    assert w.shape == (h_, w_) and inside.feather > 3
+    assert w[h_ // 2, w_ // 2] == 1.0
+    assert w[0, w_ // 2] < 0.2 and w[h_ // 2, -1] < 0.2
+    touching = FaceView.around(ARCFACE_TEMPLATE_112, (600, 600), geometry)  # region starts at the photo corner
+    assert touching.box[:2] == (0, 0)
+    assert touching.edge_weight()[0, 0, 0, touching.region_hw[1] // 2] == 1.0  # the photo border needs no fade
+    limit = 12 * w
+    x0 = torch.full((1, 3, h_, w_), 100.0)
+    out = _attack(eps=12).finalise(x0 + 50, x0, limit)
+    assert torch.equal(out - x0, limit.floor().expand_as(out))

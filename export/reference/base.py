@@ -69,19 +69,23 @@ class IterativeAttack:
         self.weights = {r.id: 1.0 / len(self.recognizers) for r in self.recognizers}
 
     # -- geometry of the budget -------------------------------------------------------------
-    def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Into the eps-ball around x0 (L_inf always; L2 too when eps_l2 is set) and [0, 255]."""
+    def project(self, x: torch.Tensor, x0: torch.Tensor, limit: torch.Tensor | None = None) -> torch.Tensor:
+        """Into the eps-ball around x0 (L_inf always; L2 too when eps_l2 is set) and [0, 255].
+
+        ``limit`` is an optional per-pixel L_inf bound (<= eps), broadcast over x.
+        """
         cfg = self.config
         delta = x - x0
         if cfg.eps_l2 is not None:
             norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
             delta = delta * (cfg.eps_l2 / norms).clamp(max=1.0).view(-1, 1, 1, 1)
-        delta = delta.clamp(-cfg.eps, cfg.eps)
+        bound = cfg.eps if limit is None else limit
+        delta = torch.maximum(torch.minimum(delta, torch.as_tensor(bound)), -torch.as_tensor(bound))
         return (x0 + delta).clamp(0.0, 255.0)
 
-    def finalise(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Round to the uint8 grid and re-clip so |out - x0| <= floor(eps) holds exactly per pixel."""
-        bound = math.floor(self.config.eps)
+    def finalise(self, x: torch.Tensor, x0: torch.Tensor, limit: torch.Tensor | None = None) -> torch.Tensor:
+        """Round to the uint8 grid and re-clip so |out - x0| <= floor(bound) holds exactly per pixel."""
+        bound = torch.as_tensor(float(math.floor(self.config.eps)) if limit is None else limit.floor())
         return torch.minimum(torch.maximum(x.round(), x0 - bound), x0 + bound).clamp(0.0, 255.0)
 
     @staticmethod

@@ -108,7 +108,8 @@ class TIPIM(IterativeAttack):
             real = self.embed(x0, view)
         cotangents = self._cotangents(real, targets)
         k = targets.size
-        x = x0.clone() if start is None else self.project(start.detach(), x0)
+        limit = cfg.eps * view.edge_weight()  # the budget fades out towards the region's edge
+        x = x0.clone() if start is None else self.project(start.detach(), x0, limit)
         momentum = torch.zeros_like(x0)
         gains: list[float] = []
         best_x, best_gain = x, float("-inf")
@@ -120,7 +121,7 @@ class TIPIM(IterativeAttack):
                 xa, ya = paired_augment(x_one / 255.0, x0 / 255.0, cfg.mmd_batch, gen)
                 grads = grads + torch.autograd.grad(cfg.gamma * mmd(xa, ya), x_one)[0]
             momenta = cfg.mu * momentum + self.normalise(grads)  # K,3,h,w
-            candidates = self.project(self.step(x.expand(k, -1, -1, -1), momenta), x0)
+            candidates = self.project(self.step(x.expand(k, -1, -1, -1), momenta), x0, limit)
             with torch.no_grad():
                 cand_gain = F.softplus(self.gain(self.embed(candidates.round(), view), real, targets).amax(dim=1))
             best = int(cand_gain.argmax())
@@ -130,7 +131,7 @@ class TIPIM(IterativeAttack):
                 best_x, best_gain = x, gains[-1]
             if on_step is not None:
                 on_step(len(gains))
-        x = self.finalise(best_x if cfg.keep_best else x, x0)
+        x = self.finalise(best_x if cfg.keep_best else x, x0, limit)
         with torch.no_grad():
             target_index = int(self.gain(self.embed(x, view), real, targets)[0].argmax())
         return AttackResult(region=x, target_index=target_index, gains=gains)

@@ -44,7 +44,16 @@ def _to_3x3(m: np.ndarray) -> np.ndarray:
 class FaceView:
     """One face: the photo region that may change, and how each recognizer crops it."""
 
-    def __init__(self, landmarks: np.ndarray, box: tuple[int, int, int, int], geometries: dict[str, CropGeometry]):
+    def __init__(
+        self,
+        landmarks: np.ndarray,
+        box: tuple[int, int, int, int],
+        geometries: dict[str, CropGeometry],
+        image_hw: tuple[int, int] | None = None,
+        feather: int = 0,
+    ):
+        self.image_hw = image_hw
+        self.feather = feather
         self.landmarks = np.asarray(landmarks, dtype=np.float64)
         self.box = box  # x0, y0, x1, y1 in photo pixels (exclusive end)
         self.geometries = dict(geometries)
@@ -78,7 +87,31 @@ class FaceView:
         y0 = int(max(0, math.floor(pts[:, 1].min())))
         x1 = int(min(w, math.ceil(pts[:, 0].max()) + 1))
         y1 = int(min(h, math.ceil(pts[:, 1].max()) + 1))
-        return cls(landmarks, (x0, y0, x1, y1), geometries)
+        # fade the budget over most of the jitter margin, so the mask has no visible rectangle
+        feather = int(round(min(x1 - x0, y1 - y0) * margin / (2 * (1 + margin))))
+        return cls(landmarks, (x0, y0, x1, y1), geometries, image_hw=(h, w), feather=feather)
+
+    def edge_weight(self) -> torch.Tensor:
+        """[1,1,h,w] weights in [0,1]: 1 inside, ramping to 0 over ``feather`` px at region edges
+        that lie inside the photo (edges on the photo border need no fade)."""
+        h, w = self.region_hw
+        if self.feather <= 0:
+            return torch.ones(1, 1, h, w)
+        x0, y0, x1, y1 = self.box
+        img_h, img_w = self.image_hw or (y1, x1)
+
+        def ramp(n: int, fade_start: bool, fade_end: bool) -> torch.Tensor:
+            idx = torch.arange(n, dtype=torch.float32)
+            r = torch.ones(n)
+            if fade_start:
+                r = torch.minimum(r, (idx + 1) / (self.feather + 1))
+            if fade_end:
+                r = torch.minimum(r, (n - idx) / (self.feather + 1))
+            return r
+
+        wy = ramp(h, y0 > 0, y1 < img_h)
+        wx = ramp(w, x0 > 0, x1 < img_w)
+        return (wy[:, None] * wx[None, :])[None, None]
 
     @property
     def region_hw(self) -> tuple[int, int]:
