@@ -1,0 +1,225 @@
+"""Export a recognizer as an ONNX *gradient graph* for TIP-IM: (x, cotangents) -> (embedding, grad).
+
+``grad[b, k] = d <embedding[b], cotangents[b, k]> / d x[b]``: one forward, K vector-Jacobian products.
+
+Recipe (measured, see shared/reference/export.md): ``make_fx`` traces ``fn(x, v)`` — forward once,
+then ``autograd.grad(..., is_grads_batched=True)`` so the K VJPs share that forward — with the core
+aten decompositions plus one of our own, ``aten.convolution_backward`` (input gradient only) as a
+transposed convolution; ``torch.onnx.export(dynamo=True)`` then exports the traced GraphModule.
+The exporter emits opset 18; for opset 17 (TensorRT 8.5/8.6) we move the Reduce* ``axes`` input
+back to an attribute (``onnx.version_converter`` produces an invalid model here).
+
+Shapes are fixed: B = 1 (``x`` [1,3,S,S], ``cotangents`` [1,K,D]), K = ``num_targets``.
+
+Example:
+    >>> rec = Recognizer.load("mobileface")                                   # doctest: +SKIP
+    >>> export_gradient_graph(rec, Path("mobileface.grad.onnx"), num_targets=10)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch._decomp import core_aten_decompositions
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from edgecloak.errors import ModelError
+
+from .recognizers import Recognizer
+
+EXPORTER_VERSION = "gradgraph-1 (make_fx + batched VJP, B=1 fixed)"
+
+aten = torch.ops.aten
+
+# Reduce ops whose `axes` became an input in opset 18 (ReduceSum already had it as input in 13).
+_REDUCE_AXES_MOVED_IN_18 = {
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSumSquare",
+}
+
+# ONNX operators the TensorRT ONNX parser supports (rows marked "Y" in onnx-tensorrt's
+# docs/operators.md, https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md, read at
+# commit 009d6541; that matrix is the TensorRT 8.4 one). Used for 8.5/8.6 as a conservative subset:
+# later releases only added ops, so anything listed here imports on 8.5+ (restrictions such as
+# "weights must be initializers" are not checked here beyond the op name).
+_TRT_OPS_8X = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil
+Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
+DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
+GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GRU
+HardSigmoid Identity If ImageScaler InstanceNormalization IsNaN LeakyRelu Less LessOrEqual Log
+LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean Min Mul Neg
+NonMaxSuppression Not Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomUniform
+RandomUniformLike Range ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin
+ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN Round ScaledTanh Scan
+Scatter ScatterElements ScatterND Selu Shape Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose
+Unsqueeze Upsample Where Xor
+""".split())
+TENSORRT_ONNX_OPS: dict[str, frozenset[str]] = {"8.4": _TRT_OPS_8X, "8.5": _TRT_OPS_8X, "8.6": _TRT_OPS_8X}
+
+
+def _convolution_backward_input(grad_output, input, weight, bias_sizes, stride, padding, dilation,
+                                transposed, output_padding, groups, output_mask):
+    """aten.convolution_backward, input gradient only, as a transposed convolution."""
+    if transposed:
+        raise NotImplementedError("gradient of a transposed convolution")
+    spatial = weight.dim() - 2
+    out_pad = []
+    for i in range(spatial):
+        reach = ((grad_output.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                 + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+        out_pad.append(input.shape[2 + i] - reach)
+    grad_input = None
+    if output_mask[0]:
+        grad_input = aten.convolution(grad_output, weight, None, stride, padding, dilation, True,
+                                      out_pad, groups)
+    return grad_input, None, None
+
+
+def _decompositions() -> dict:
+    table = dict(core_aten_decompositions())
+    table[aten.convolution_backward.default] = _convolution_backward_input
+    return table
+
+
+def _gradient_fn(rec: Recognizer):
+    def fn(x: torch.Tensor, cotangents: torch.Tensor):
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            emb = rec(xr)
+            # [K,B,D] cotangents, one VJP each over the single forward above
+            (grad,) = torch.autograd.grad(emb, xr, cotangents.transpose(0, 1), is_grads_batched=True)
+        return emb.detach(), grad.transpose(0, 1)
+
+    return fn
+
+
+def trace_gradient_fn(rec: Recognizer, num_targets: int = 10) -> torch.fx.GraphModule:
+    """The (x, cotangents) -> (embedding, grad) function as a plain aten GraphModule (B = 1)."""
+    s, d = rec.input_size, rec.spec.embedding_dim
+    x = torch.rand(1, 3, s, s) * 255
+    v = torch.randn(1, num_targets, d)
+    rec = rec.eval()
+    return make_fx(_gradient_fn(rec), decomposition_table=_decompositions(), tracing_mode="real")(x, v)
+
+
+def _const_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return [int(a) for a in numpy_helper.to_array(init).reshape(-1)]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return [int(a) for a in numpy_helper.to_array(attr.t).reshape(-1)]
+                if attr.name == "value_ints":
+                    return list(attr.ints)
+    return None
+
+
+def _to_opset17(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Opset 18 -> 17: Reduce* axes from input back to attribute; refuse other 18-only forms."""
+    if model.functions:
+        raise ModelError("opset 17 down-conversion: model has local functions (not inlined)")
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise ModelError(f"opset 17 down-conversion: non-standard op {node.domain}::{node.op_type}")
+        if node.op_type in _REDUCE_AXES_MOVED_IN_18 and len(node.input) > 1:
+            if node.input[1]:
+                axes = _const_ints(model, node.input[1])
+                if axes is None:
+                    raise ModelError(f"{node.name}: {node.op_type} axes are not constant")
+                node.attribute.append(helper.make_attribute("axes", axes))
+            del node.input[1:]
+        if node.op_type in _REDUCE_AXES_MOVED_IN_18:
+            noop = [a for a in node.attribute if a.name == "noop_with_empty_axes"]
+            if noop and noop[0].i and not any(a.name == "axes" for a in node.attribute):
+                raise ModelError(f"{node.name}: {node.op_type} with noop_with_empty_axes has no opset-17 form")
+            for a in noop:
+                node.attribute.remove(a)
+        elif node.op_type == "Split" and any(a.name == "num_outputs" for a in node.attribute):
+            raise ModelError(f"{node.name}: Split(num_outputs) has no opset-17 form here")
+        elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+            raise ModelError(f"{node.name}: Pad(axes) has no opset-17 form here")
+        elif node.op_type in ("Resize", "ScatterElements", "ScatterND", "GroupNormalization",
+                              "Col2Im", "CenterCropPad", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+                              "BitwiseNot", "OptionalHasElement", "OptionalGetElement", "Mish"):
+            if node.op_type not in ("Resize", "ScatterElements", "ScatterND", "Mish"):
+                raise ModelError(f"{node.name}: {node.op_type} changed in opset 18")
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = 17
+    # drop constants no longer used (the axes inputs)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    nodes = [n for n in model.graph.node if n.op_type != "Constant" or n.output[0] in used]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10, opset: int = 17) -> Path:
+    """Write the (x [1,3,S,S] 0..255, cotangents [1,K,D]) -> (embedding [1,D], grad [1,K,3,S,S]) graph.
+
+    ``opset`` 17 is produced by down-converting the exporter's opset 18; 18+ is passed to the exporter.
+    Weights are initializers in a single file; the model is checked with ``onnx.checker`` (full check).
+    """
+    if opset < 17:
+        raise ValueError(f"opset {opset} unsupported (17 or newer)")
+    out_path = Path(out_path)
+    gm = trace_gradient_fn(rec, num_targets)
+    s, d = rec.input_size, rec.spec.embedding_dim
+    args = (torch.zeros(1, 3, s, s), torch.zeros(1, num_targets, d))
+    program = torch.onnx.export(gm, args, dynamo=True, opset_version=max(opset, 18),
+                                input_names=["x", "cotangents"], output_names=["embedding", "grad"],
+                                optimize=True, verbose=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "graph.onnx"
+        program.save(str(tmp_path), external_data=False)
+        model = onnx.load(str(tmp_path))
+    if opset == 17:
+        model = _to_opset17(model)
+    model.producer_name = "edgecloak"
+    model.producer_version = EXPORTER_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def opset_of(path: Path) -> int:
+    """The default-domain opset a model imports."""
+    model = onnx.load(str(path), load_external_data=False)
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    raise ModelError(f"{path}: no default-domain opset import")
+
+
+def check_tensorrt_ops(path: Path, trt_version: str = "8.5") -> list[str]:
+    """Op types in the model (subgraphs included) that TensorRT ``trt_version``'s ONNX parser lacks."""
+    supported = TENSORRT_ONNX_OPS.get(trt_version)
+    if supported is None:
+        raise ValueError(f"no TensorRT op list for {trt_version!r} (have {sorted(TENSORRT_ONNX_OPS)})")
+    model = onnx.load(str(path), load_external_data=False)
+    found: set[str] = set()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            found.add(name)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    return sorted(op for op in found if op not in supported)

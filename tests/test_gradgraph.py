@@ -1,0 +1,111 @@
+"""Gradient graphs (x, cotangents) -> (embedding, grad) exported to ONNX match torch autograd."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgecloak.export.gradgraph import check_tensorrt_ops, export_gradient_graph, opset_of
+
+# Gradient tolerance (relative L2, fp32) per surrogate. faceres is inherently ill-conditioned at its
+# ReLU6 kinks: the traced function matches autograd to 6e-7, but moving the input by 1e-3 (noise)
+# changes torch's own gradient by 1.3e-2, so ORT's different fp32 summation order flips a few
+# units and gives ~1.3e-3. facenet-casia is not here yet: its export stops at
+# aten.avg_pool2d_backward (needs a decomposition, like convolution_backward's).
+MODELS = {"mobileface": 1e-5, "faceres": 5e-3}
+K = 10
+
+
+def image_like(size: int) -> torch.Tensor:
+    """A deterministic smooth 0..255 'image' with some texture (not uniform noise)."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    chans = [
+        128 + 90 * torch.sin(6 * xx + 2 * yy),
+        128 + 80 * torch.cos(5 * yy - 3 * xx),
+        128 + 60 * torch.sin(9 * xx * yy + 1),
+    ]
+    g = torch.Generator().manual_seed(0)
+    img = torch.stack(chans)[None] + 10 * torch.randn(1, 3, size, size, generator=g)
+    return img.clamp(0, 255).float()
+
+
+def cotangents(dim: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(1, K, dim, generator=g)
+
+
+@pytest.fixture(scope="session")
+def exported(recognizer, tmp_path_factory):
+    """Factory: exported(model_id) -> (path, export seconds), exported once per session."""
+    done: dict = {}
+    folder = tmp_path_factory.mktemp("gradgraph")
+
+    def get(model_id: str):
+        if model_id not in done:
+            t0 = time.perf_counter()
+            path = export_gradient_graph(recognizer(model_id), folder / f"{model_id}.grad.onnx", num_targets=K)
+            done[model_id] = (path, time.perf_counter() - t0)
+        return done[model_id]
+
+    return get
+
+
+@pytest.mark.parametrize("model_id", MODELS)
+def test_gradient_graph_matches_autograd(model_id, recognizer, exported):
+    import onnxruntime as ort
+
+    rec = recognizer(model_id)
+    path, export_s = exported(model_id)
+    s, d = rec.input_size, rec.spec.embedding_dim
+    x, v = image_like(s), cotangents(d)
+
+    xr = x.clone().requires_grad_(True)
+    emb = rec(xr)
+    want = torch.stack([torch.autograd.grad(emb, xr, v[:, k], retain_graph=True)[0] for k in range(K)], 1)
+    want_e = emb.detach().numpy()
+    want = want.numpy()
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x", "cotangents"]
+    got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy()})
+    assert got.shape == (1, K, 3, s, s)
+    rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    emb_err = float(np.abs(got_e - want_e).max())
+    print(f"{model_id}: grad rel L2 {rel:.2e}, embedding max abs {emb_err:.2e}, export {export_s:.1f}s")
+    assert rel <= MODELS[model_id]
+    assert emb_err <= 1e-5
+
+
+@pytest.mark.parametrize("model_id", MODELS)
+def test_gradient_graph_is_opset17_checked_and_tensorrt_ready(model_id, exported):
+    path, _ = exported(model_id)
+    assert opset_of(path) == 17
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert len(model.graph.initializer) > 0  # weights are initializers, not inputs
+    assert [i.name for i in model.graph.input] == ["x", "cotangents"]
+    assert check_tensorrt_ops(path, "8.5") == []
+
+
+def test_check_tensorrt_ops_flags_unknown_op(tmp_path):
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("FrobnicateTensor", ["r"], ["f"]),
+        helper.make_node("Hardmax", ["f"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert check_tensorrt_ops(path, "8.5") == ["FrobnicateTensor", "Hardmax"]
+    assert opset_of(path) == 17
+    with pytest.raises(ValueError):
+        check_tensorrt_ops(path, "1.0")
