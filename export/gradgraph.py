@@ -81,9 +81,22 @@ def _convolution_backward_input(grad_output, input, weight, bias_sizes, stride, 
     return grad_input, None, None
 
 
+def _avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override=None):
+    """aten.avg_pool2d_backward as the input gradient of a depthwise convolution with a 1/area kernel."""
+    if ceil_mode or (any(padding) and not count_include_pad):
+        raise NotImplementedError("avg_pool2d backward with ceil_mode or count_include_pad=False")
+    kh, kw = kernel_size
+    channels = self.shape[1]
+    weight = torch.full((channels, 1, kh, kw), 1.0 / (divisor_override or kh * kw), dtype=self.dtype)
+    return _convolution_backward_input(grad_output, self, weight, None, list(stride or kernel_size), list(padding),
+                                       [1, 1], False, [0, 0], channels, [True, False, False])[0]
+
+
 def _decompositions() -> dict:
     table = dict(core_aten_decompositions())
     table[aten.convolution_backward.default] = _convolution_backward_input
+    table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
     return table
 
 

@@ -15,9 +15,8 @@ from edgecloak.export.gradgraph import check_tensorrt_ops, export_gradient_graph
 # Gradient tolerance (relative L2, fp32) per surrogate. faceres is inherently ill-conditioned at its
 # ReLU6 kinks: the traced function matches autograd to 6e-7, but moving the input by 1e-3 (noise)
 # changes torch's own gradient by 1.3e-2, so ORT's different fp32 summation order flips a few
-# units and gives ~1.3e-3. facenet-casia is not here yet: its export stops at
-# aten.avg_pool2d_backward (needs a decomposition, like convolution_backward's).
-MODELS = {"mobileface": 1e-5, "faceres": 5e-3}
+# units and gives ~1.3e-3. facenet-casia (ReLU kinks, 132 convs deep) measured 1.9e-4.
+MODELS = {"mobileface": 1e-5, "faceres": 5e-3, "facenet-casia": 1e-3}
 K = 10
 
 
