@@ -15,8 +15,10 @@ from edgecloak.export.gradgraph import check_tensorrt_ops, export_gradient_graph
 # Gradient tolerance (relative L2, fp32) per surrogate. faceres is inherently ill-conditioned at its
 # ReLU6 kinks: the traced function matches autograd to 6e-7, but moving the input by 1e-3 (noise)
 # changes torch's own gradient by 1.3e-2, so ORT's different fp32 summation order flips a few
-# units and gives ~1.3e-3. facenet-casia (ReLU kinks, 132 convs deep) measured 1.9e-4.
-MODELS = {"mobileface": 1e-5, "faceres": 5e-3, "facenet-casia": 1e-3}
+# units and gives ~1.3e-3. facenet-casia is the same story (ReLU kinks, 132 convs deep): 1e-3 of
+# input noise moves torch's own gradient by 8.8e-3; ORT vs torch measured 1.6e-3 on this input
+# (1.9e-4 on a random one).
+MODELS = {"mobileface": 1e-5, "faceres": 5e-3, "facenet-casia": 5e-3}
 K = 10
 
 
