@@ -129,7 +129,6 @@ class Cloaker:
             attack = TIPIM(self.recognizers, self.config)
             original = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
             current = original.clone()
-            chosen: list[str] = []
             per_face = []
             for face in faces:
                 user = embed_face(image, face.landmarks, self.recognizers)
@@ -142,7 +141,6 @@ class Cloaker:
                     original[..., y0:y1, x0:x1], view, targets, start=current[..., y0:y1, x0:x1], on_step=on_step
                 )
                 current[..., y0:y1, x0:x1] = result.region
-                chosen.append(targets.identities[result.target_index])
                 per_face.append((user, targets, result.target_index))
             out = current[0].permute(1, 2, 0).numpy().astype(np.uint8)
             max_change = int(np.abs(out.astype(np.int16) - image.astype(np.int16)).max())
@@ -151,16 +149,16 @@ class Cloaker:
                 raise ProtectionFailedError(f"internal error: change {max_change} exceeds eps {self.config.eps}")
             if max_change == 0:
                 raise ProtectionFailedError("the mask rounded away to nothing; nothing was written")
-            reports = self._reports(image, out, faces, chosen, per_face)
+            reports = self._reports(out, faces, per_face)
         return Result(image=out, faces=reports, max_abs_change=max_change)
 
-    def _reports(self, image, out, faces, chosen, per_face) -> list[FaceReport]:
+    def _reports(self, out, faces, per_face) -> list[FaceReport]:
         """Score the protected photo the way a recognizer downstream would: detect again, align, embed."""
         from edgecloak.export.reference.targets import embed_face
 
         found = self.detector.detect(out)
         reports = []
-        for face, target, (user, targets, t_index) in zip(faces, chosen, per_face):
+        for face, (user, targets, t_index) in zip(faces, per_face):
             match = max(found, key=lambda f: _iou(f.box, face.box), default=None)
             redetected = match is not None and _iou(match.box, face.box) > 0.3
             landmarks = match.landmarks if redetected else face.landmarks
@@ -176,7 +174,7 @@ class Cloaker:
             reports.append(FaceReport(
                 box=tuple(float(v) for v in face.box),
                 landmarks=np.asarray(face.landmarks).round(2).tolist(),
-                target=target,
+                target=targets.identities[t_index],
                 similarity=sims,
                 redetected=redetected,
             ))

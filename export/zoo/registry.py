@@ -116,10 +116,8 @@ def ensure_recognizer(model_id: str) -> Path:
     for extra in spec.extra_files:
         member_path(spec.package, extra)
     started = time.perf_counter()
-    if spec.format == "tfjs":
-        module = converter.convert(source, output_node=spec.output_node)
-    else:
-        module = converter.convert(source)
+    options = {"output_node": spec.output_node} if spec.output_node else {}
+    module = converter.convert(source, **options)
     module.eval()
     staging = model_dir.with_name(f".{model_id}.converting")
     shutil.rmtree(staging, ignore_errors=True)
