@@ -3,8 +3,9 @@
 How a photo travels: safe decode (EXIF orientation applied, metadata dropped) -> MTCNN faces with
 5 landmarks -> for each face, TIP-IM optimises the photo pixels of the face region as seen through
 each surrogate's alignment -> uint8 result within +-eps of the original on every pixel -> self-check
-(fail closed) -> atomic write of a metadata-free file. The engine today is the torch reference
-(``edgecloak.export.reference``); the torch-free runtime plugs in behind the same ``protect``.
+(fail closed) -> atomic write of a metadata-free file. The surrogates run in the torch-free runtime
+on a cloak bundle (``edgecloak.runtime.protector``), or in the torch reference
+(``edgecloak.export.reference.protector``, ``backend="reference"``): same interface, same results.
 
 Example:
     >>> from edgecloak.cloaker import Cloaker
@@ -66,83 +67,89 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Cloaker:
-    """Protects photos; holds the surrogates, the detector and the target identities.
+    """Protects photos; drives a face protector (runtime on a bundle, or the torch reference).
 
     Not re-entrant: one ``protect`` runs at a time per instance (an internal lock serialises calls
     from several threads); make one Cloaker per worker to run in parallel.
     """
 
-    def __init__(self, recognizers, detector, targets, config):
-        self.recognizers = list(recognizers)
-        self.detector = detector
-        self.targets = targets
-        self.config = config
+    def __init__(self, protector, targets=None):
+        self.protector = protector
+        self.detector = protector.detector
+        self.targets = targets if targets is not None else protector.targets
+        self.config = protector.config
         self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        """What runs the surrogates, in words (for logs and reports)."""
+        return self.protector.backend_description
 
     @classmethod
     def load(
         cls,
+        bundle: str | os.PathLike[str] | None = None,
+        backend: str = "auto",
         surrogates: Sequence[str] | None = None,
         target_photos: Sequence[str | os.PathLike[str]] = (),
         num_targets: int | None = None,
         **settings,
     ) -> "Cloaker":
-        """Build a cloaker from the model zoo (fetching and converting on first use).
+        """A cloaker on the torch-free runtime (``bundle``) or on the torch reference.
 
-        ``num_targets`` keeps the first K target identities (default: all, 10 shipped ones).
-        ``settings`` are ``TIPIMConfig`` fields (eps, steps, alpha, mu, norm, gamma, seed, ...).
+        ``bundle``: a folder written by ``edgecloak export``; without one, ``backend="reference"``
+        runs the torch reference on the zoo, and any other backend runs the runtime on the default
+        bundle for ``surrogates`` (exported into the cache on first use; needs the export extra).
+        ``num_targets`` keeps the first K target identities; ``target_photos`` replaces them.
+        ``settings`` are ``TIPIMConfig`` fields (eps, steps, alpha, mu, norm, gamma, seed, ...)
+        overriding the bundle's preset.
         """
-        from edgecloak.export.recognizers import Recognizer
-        from edgecloak.export.reference.targets import default_target_bank, target_bank_from_photos
-        from edgecloak.export.reference.tipim import TIPIMConfig
-        from edgecloak.export.zoo.registry import default_surrogates, ensure_detector
-        from edgecloak.runtime.detect.mtcnn import MTCNNDetector
+        if num_targets is not None and num_targets < 1:
+            raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+        if backend == "reference":
+            if bundle is not None:
+                raise UsageError("the reference backend runs the zoo models, not a bundle; drop --bundle")
+            from edgecloak.export.reference.protector import ReferenceProtector
+            from edgecloak.runtime.config import TIPIMConfig
 
-        ids = list(surrogates) if surrogates else default_surrogates()
-        recognizers = [Recognizer.load(i) for i in ids]
-        detector = MTCNNDetector.from_dir(ensure_detector())
-        if target_photos:
-            targets = target_bank_from_photos(recognizers, detector, [Path(p) for p in target_photos])
-        else:
-            targets = default_target_bank(recognizers, detector)
+            protector = ReferenceProtector.load(surrogates, target_photos, num_targets, TIPIMConfig(**settings))
+            return cls(protector)
+        from edgecloak.runtime.protector import RuntimeProtector
+
+        if bundle is None:
+            from edgecloak.export.bundle import default_bundle
+
+            bundle = default_bundle(surrogates)
+        elif surrogates:
+            raise UsageError("--surrogates is fixed by the bundle; export another bundle to change it")
+        protector = RuntimeProtector.from_bundle(bundle, backend, **settings)
+        targets = protector.targets_from_photos(target_photos) if target_photos else protector.targets
         if num_targets is not None:
-            if num_targets < 1:
-                raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
             targets = targets.select(range(min(num_targets, targets.size)))
-        return cls(recognizers, detector, targets, TIPIMConfig(**settings))
+        return cls(protector, targets)
 
     def protect(self, image: np.ndarray, on_step: Callable[[int], None] | None = None) -> Result:
         """Protect every detected face of an RGB uint8 image; the input array is not modified.
 
         Raises ``NoFaceError`` (with path "image") when no face is found.
         """
-        import torch
-
-        from edgecloak.export.reference.targets import embed_face, geometries_of
-        from edgecloak.export.reference.tipim import TIPIM
-        from edgecloak.export.reference.view import FaceView
-
         with self._lock:
             faces = self.detector.detect(image)
             if not faces:
                 raise NoFaceError("image")
-            attack = TIPIM(self.recognizers, self.config)
-            original = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-            current = original.clone()
+            current = image.copy()
             per_face = []
             for face in faces:
-                user = embed_face(image, face.landmarks, self.recognizers)
+                user = self.protector.embed_face(image, face.landmarks)
                 targets = self.targets.excluding_lookalikes(user)
                 if targets.size == 0:
                     raise ProtectionFailedError("every target identity looks like this face; pass other --target photos")
-                view = FaceView.around(face.landmarks, image.shape[:2], geometries_of(self.recognizers))
-                x0, y0, x1, y1 = view.box
-                result = attack.run(
-                    original[..., y0:y1, x0:x1], view, targets, start=current[..., y0:y1, x0:x1], on_step=on_step
+                (x0, y0, x1, y1), region, t_index = self.protector.protect_face(
+                    image, current, face.landmarks, targets, on_step=on_step
                 )
-                current[..., y0:y1, x0:x1] = result.region
-                per_face.append((user, targets, result.target_index))
-            out = current[0].permute(1, 2, 0).numpy().astype(np.uint8)
+                current[y0:y1, x0:x1] = region
+                per_face.append((user, targets, t_index))
+            out = current
             max_change = int(np.abs(out.astype(np.int16) - image.astype(np.int16)).max())
             # Fail closed: the budget is a promise to the user; never emit a photo that breaks it.
             if max_change > int(self.config.eps):
@@ -154,22 +161,20 @@ class Cloaker:
 
     def _reports(self, out, faces, per_face) -> list[FaceReport]:
         """Score the protected photo the way a recognizer downstream would: detect again, align, embed."""
-        from edgecloak.export.reference.targets import embed_face
-
         found = self.detector.detect(out)
         reports = []
         for face, (user, targets, t_index) in zip(faces, per_face):
             match = max(found, key=lambda f: _iou(f.box, face.box), default=None)
             redetected = match is not None and _iou(match.box, face.box) > 0.3
             landmarks = match.landmarks if redetected else face.landmarks
-            after = embed_face(out, landmarks, self.recognizers)
+            after = self.protector.embed_face(out, landmarks)
             sims = {}
-            for r in self.recognizers:
-                t = targets.embeddings[r.id][t_index]
-                sims[r.id] = {
-                    "original_after": float(after[r.id][0] @ user[r.id][0]),
-                    "target_before": float(user[r.id][0] @ t),
-                    "target_after": float(after[r.id][0] @ t),
+            for sid in self.protector.surrogate_ids:
+                t = targets.embeddings[sid][t_index]
+                sims[sid] = {
+                    "original_after": float(after[sid][0] @ user[sid][0]),
+                    "target_before": float(user[sid][0] @ t),
+                    "target_after": float(after[sid][0] @ t),
                 }
             reports.append(FaceReport(
                 box=tuple(float(v) for v in face.box),

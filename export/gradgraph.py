@@ -193,6 +193,27 @@ def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10
     program = torch.onnx.export(gm, args, dynamo=True, opset_version=max(opset, 18),
                                 input_names=["x", "cotangents"], output_names=["embedding", "grad"],
                                 optimize=True, verbose=False)
+    return _finish(program, out_path, opset)
+
+
+def export_embedding_graph(rec: Recognizer, out_path: Path, max_batch: int = 16, opset: int = 17) -> Path:
+    """Write the forward-only graph x [B,3,S,S] (0..255) -> embedding [B,D], B dynamic in 1..max_batch.
+
+    The TIP-IM loop scores its K candidate images with it (one call per step and surrogate).
+    """
+    if opset < 17:
+        raise ValueError(f"opset {opset} unsupported (17 or newer)")
+    out_path = Path(out_path)
+    s = rec.input_size
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    program = torch.onnx.export(rec.eval(), (torch.zeros(2, 3, s, s),), dynamo=True, opset_version=max(opset, 18),
+                                input_names=["x"], output_names=["embedding"], dynamic_shapes=({0: batch},),
+                                optimize=True, verbose=False)
+    return _finish(program, out_path, opset)
+
+
+def _finish(program, out_path: Path, opset: int) -> Path:
+    """Save an exported program as one self-contained, checked ONNX file at the requested opset."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "graph.onnx"
         program.save(str(tmp_path), external_data=False)

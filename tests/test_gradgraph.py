@@ -10,7 +10,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgecloak.export.gradgraph import check_tensorrt_ops, export_gradient_graph, opset_of
+from edgecloak.export.bundle import cached_graph
+from edgecloak.export.gradgraph import check_tensorrt_ops, opset_of
 
 # Gradient tolerance (relative L2, fp32) per surrogate. faceres is inherently ill-conditioned at its
 # ReLU6 kinks: the traced function matches autograd to 6e-7, but moving the input by 1e-3 (noise)
@@ -41,15 +42,15 @@ def cotangents(dim: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def exported(recognizer, tmp_path_factory):
+def exported(recognizer):
     """Factory: exported(model_id) -> (path, export seconds), exported once per session."""
     done: dict = {}
-    folder = tmp_path_factory.mktemp("gradgraph")
 
     def get(model_id: str):
         if model_id not in done:
             t0 = time.perf_counter()
-            path = export_gradient_graph(recognizer(model_id), folder / f"{model_id}.grad.onnx", num_targets=K)
+            # through the exporter's cache, so the bundles exported by later tests reuse these graphs
+            path = cached_graph(recognizer(model_id), "grad", K)
             done[model_id] = (path, time.perf_counter() - t0)
         return done[model_id]
 
@@ -110,3 +111,21 @@ def test_check_tensorrt_ops_flags_unknown_op(tmp_path):
     assert opset_of(path) == 17
     with pytest.raises(ValueError):
         check_tensorrt_ops(path, "1.0")
+
+
+@pytest.mark.parametrize("model_id", MODELS)
+def test_embedding_graph_matches_torch_at_every_batch_size(model_id, recognizer):
+    import onnxruntime as ort
+
+    rec = recognizer(model_id)
+    path = cached_graph(rec, "embed", K)
+    assert opset_of(path) == 17
+    assert check_tensorrt_ops(path, "8.5") == []
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = torch.cat([image_like(rec.input_size), image_like(rec.input_size).flip(3), image_like(rec.input_size) * 0.5])
+    with torch.no_grad():
+        want = rec(batch).numpy()
+    for b in (1, 3):
+        (got,) = sess.run(["embedding"], {"x": batch[:b].numpy()})
+        assert got.shape == (b, rec.spec.embedding_dim)
+        assert float(np.abs(got - want[:b]).max()) <= 1e-5

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from edgecloak.errors import EdgecloakError, OutputError, UsageError
+from edgecloak.runtime.backends import BACKENDS
+
+from .settings import add_settings_arguments, settings_from
 
 
 class ProtectCommand:
@@ -19,18 +22,15 @@ class ProtectCommand:
         p.add_argument("photos", nargs="*", type=Path, help="photos to protect (never modified)")
         p.add_argument("--sample", action="store_true", help="also protect a shipped real sample photo (Grace Hopper)")
         p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (created if missing)")
+        p.add_argument("--bundle", type=Path, default=None,
+                       help="a cloak bundle from `edgecloak export` (default: one for --surrogates, exported on first use)")
+        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "reference"),
+                       help="what runs the surrogates: auto picks the best available; reference = torch autograd")
         p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: mobileface,faceres)")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
                        help="a target identity photo (repeatable); default: the 10 shipped identities")
         p.add_argument("-k", "--num-targets", type=int, default=None, help="use the first K targets (paper: 10)")
-        p.add_argument("--eps", type=float, default=12.0, help="L_inf budget on 0..255 (paper: 12)")
-        p.add_argument("--steps", type=int, default=50, help="iterations N (paper: 50)")
-        p.add_argument("--alpha", type=float, default=1.5, help="step size (paper: 1.5)")
-        p.add_argument("--mu", type=float, default=1.0, help="momentum decay (paper: 1.0)")
-        p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="step rule")
-        p.add_argument("--gamma", type=float, default=0.0, help="MMD naturalness weight (public code: 0)")
-        p.add_argument("--no-diversity", action="store_true", help="turn off input diversity (alignment jitter)")
-        p.add_argument("--seed", type=int, default=0)
+        add_settings_arguments(p)
         p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
         p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when --format jpg")
         p.add_argument("--json", type=Path, default=None, help="also write the per-face summary as JSON here")
@@ -55,19 +55,17 @@ class ProtectCommand:
         except OSError as exc:
             raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
 
-        settings = dict(eps=args.eps, steps=args.steps, alpha=args.alpha, mu=args.mu, norm=args.norm,
-                        gamma=args.gamma, seed=args.seed)
-        if args.no_diversity:
-            settings["diversity"] = None
         surrogates = args.surrogates.split(",") if args.surrogates else None
-        cloaker = Cloaker.load(surrogates=surrogates, target_photos=args.target, num_targets=args.num_targets, **settings)
+        cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, surrogates=surrogates,
+                               target_photos=args.target, num_targets=args.num_targets, **settings_from(args))
+        print(f"backend: {cloaker.backend}")
 
         summary, exit_code = [], 0
         for photo in args.photos:
             dest = outdir / f"{photo.stem}.{args.format}"
             if dest.resolve() in inputs:
                 dest = outdir / f"{photo.stem}.cloaked.{args.format}"
-            bar = tqdm(total=args.steps, desc=photo.name, unit="step", leave=False)
+            bar = tqdm(total=cloaker.config.steps, desc=photo.name, unit="step", leave=False)
             try:
                 result = cloaker.protect_file(
                     photo, dest, jpeg_quality=args.jpeg_quality if args.format == "jpg" else None,

@@ -11,42 +11,15 @@ recognizers see it through a ``FaceView`` (differentiable alignment), see ``view
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from edgecloak.export.recognizers import Recognizer
+from edgecloak.runtime.config import AttackConfig, Jitter  # noqa: F401  (re-exported)
 
-from .view import FaceView, Jitter
-
-
-@dataclass
-class AttackConfig:
-    """Budget and step settings shared by the iterative attacks.
-
-    Defaults follow the TIP-IM paper: eps 12 on 0..255 (L_inf), N 50 iterations, alpha 1.5, mu 1.0.
-    (The public code instead uses N 100 and alpha 1.5*eps/N; set them here to reproduce it.)
-    """
-
-    eps: float = 12.0
-    steps: int = 50
-    alpha: float = 1.5
-    mu: float = 1.0
-    norm: Literal["linf", "l2"] = "linf"
-    # Optional extra L2 radius (0..255 units over the whole region) for the L2 variant; the L_inf
-    # ball always applies, so the pixel-wise guarantee of the product holds in both variants.
-    eps_l2: float | None = None
-    diversity: Jitter | None = field(default_factory=Jitter)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (0 < self.eps <= 64):
-            raise ValueError(f"eps must be in (0, 64] on the 0..255 scale, got {self.eps}")
-        if self.steps < 1 or self.alpha <= 0:
-            raise ValueError("steps must be >= 1 and alpha > 0")
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+from .view import FaceView
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -109,5 +82,6 @@ class IterativeAttack:
         crops = view.crops(region, jitter)
         return {r.id: r(crops[r.id]) for r in self.recognizers}
 
-    def generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed)
+    def generator(self) -> np.random.Generator:
+        """The run's random stream (numpy, shared with the runtime: see ``runtime.diversity``)."""
+        return np.random.default_rng(self.config.seed)

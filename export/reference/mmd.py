@@ -12,9 +12,12 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-BANDWIDTHS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6)
+from edgecloak.runtime.diversity import sample_augmentations
+
+from edgecloak.runtime.mmd import BANDWIDTHS  # noqa: E402  (one list for both engines)
 
 
 def _kernel_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -26,15 +29,18 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Biased MMD^2 between two batches of flattened samples [B, n] (pixels on the 0..1 scale)."""
     value = _kernel_sum(x, x).mean() + _kernel_sum(y, y).mean() - 2 * _kernel_sum(x, y).mean()
-    return value.clamp_min(0.0)
+    # Zero (and a zero gradient) where the estimate is <= 0, e.g. at x == y: clamp_min would pass
+    # the gradient at exactly 0, i.e. rounding noise whose sign then moves pixels.
+    return torch.where(value > 0, value, torch.zeros_like(value))
 
 
-def paired_augment(x: torch.Tensor, y: torch.Tensor, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill a batch from one pair [1,3,h,w]: the same random roll (+-2 px) and flip on both."""
+def paired_augment(x: torch.Tensor, y: torch.Tensor, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill a batch from one pair [1,3,h,w]: the same random roll (+-2 px) and flip on both.
+
+    The draws come from ``runtime.diversity.sample_augmentations`` (shared with the runtime).
+    """
     xs, ys = [x], [y]
-    for _ in range(batch - 1):
-        dx, dy = (torch.randint(-2, 3, (2,), generator=generator)).tolist()
-        flip = bool(torch.randint(0, 2, (1,), generator=generator))
+    for dx, dy, flip in sample_augmentations(batch, rng):
         xa, ya = torch.roll(x, (dy, dx), (2, 3)), torch.roll(y, (dy, dx), (2, 3))
         if flip:
             xa, ya = xa.flip(3), ya.flip(3)

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,12 +25,9 @@ from edgecloak.export.recognizers import Recognizer
 from edgecloak.export.zoo.photos import OnePhotoSource, one_photo_identities
 from edgecloak.runtime.align import ARCFACE_TEMPLATE_112, CropGeometry
 from edgecloak.runtime.image_io import load_image
+from edgecloak.runtime.targets import LOOKALIKE_COSINE, TargetBank  # noqa: F401  (re-exported)
 
 from .view import FaceView
-
-# Mean surrogate cosine above which a target is taken to be the user (same person).
-LOOKALIKE_COSINE = 0.5
-
 
 def geometries_of(recognizers: Sequence[Recognizer]) -> dict[str, CropGeometry]:
     """Each recognizer's crop geometry, from its spec."""
@@ -61,27 +57,6 @@ def embed_faces(
         stacked = torch.cat(crops[r.id])
         out[r.id] = torch.cat([r(stacked[i : i + batch]) for i in range(0, len(stacked), batch)])
     return out
-
-
-@dataclass
-class TargetBank:
-    """K target identities and their unit embeddings per surrogate ({id: [K, D]})."""
-
-    identities: list[str]
-    embeddings: dict[str, torch.Tensor]
-
-    @property
-    def size(self) -> int:
-        return len(self.identities)
-
-    def select(self, keep: Sequence[int]) -> "TargetBank":
-        keep = list(keep)
-        return TargetBank([self.identities[i] for i in keep], {k: v[keep] for k, v in self.embeddings.items()})
-
-    def excluding_lookalikes(self, user: dict[str, torch.Tensor], threshold: float = LOOKALIKE_COSINE) -> "TargetBank":
-        """Drop targets whose mean surrogate cosine to the user's face exceeds the threshold."""
-        sims = torch.stack([(self.embeddings[k] @ user[k].T)[:, 0] for k in self.embeddings]).mean(0)
-        return self.select([i for i in range(self.size) if float(sims[i]) <= threshold])
 
 
 def target_bank_from_sources(

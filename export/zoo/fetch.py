@@ -34,6 +34,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from edgecloak.errors import FetchError
+from edgecloak.runtime.paths import edgecloak_home  # noqa: F401  (re-exported)
 
 SOURCES_FILE = Path(__file__).with_name("sources.toml")
 _CLIENT_TIMEOUT_S = 1800
@@ -51,15 +52,6 @@ class PackageSource:
     members: tuple[str, ...]
     licence: str = ""
     pip_args: tuple[str, ...] = field(default_factory=tuple)
-
-
-def edgecloak_home() -> Path:
-    """The cache root: ``$EDGECLOAK_HOME``, else ``$XDG_CACHE_HOME/edgecloak``, else ``~/.cache/edgecloak``."""
-    env = os.environ.get("EDGECLOAK_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "edgecloak"
 
 
 @cache

@@ -1,0 +1,49 @@
+"""Named presets: which surrogates, how many targets and which loop settings a bundle is made for.
+
+Stored as data with the figures they were chosen by (measured on the 2-core CPU of the CI machine,
+see README "Speed"); the calibration issue will regenerate them by measurement. ``edge`` is the
+default for devices: one face in under 1.5 s on that CPU with the ONNX Runtime runtime.
+
+Example:
+    >>> preset("paper").settings["steps"]
+    50
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecloak.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A bundle recipe: surrogates, K, TIPIMConfig fields, and why."""
+
+    name: str
+    surrogates: tuple[str, ...]
+    num_targets: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        "paper", ("mobileface", "faceres"), 10, {"steps": 50},
+        "the paper's defaults (eps 12, N 50, alpha 1.5, mu 1, K 10) on the two default surrogates",
+    ),
+    "edge": Preset(
+        "edge", ("mobileface",), 10, {"steps": 12, "alpha": 2.0},
+        "one fast surrogate, K 10, 12 steps of 2.0: under 1.5 s per face on a 2-core CPU",
+    ),
+}
+DEFAULT_PRESET = "edge"
+
+
+def preset(name: str) -> Preset:
+    """The preset called ``name`` (``UsageError`` listing the known ones otherwise)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,44 @@
+"""``edgecloak bench``: time the TIP-IM loop per engine (JSON + table, same run, same machine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+class BenchCommand:
+    """Per-iteration and per-face latency of the paper-style torch reference, the batched
+    reference and each available runtime backend, on a real photo (needs the export extra)."""
+
+    @staticmethod
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("bench", help="benchmark the engines", description=BenchCommand.__doc__)
+        p.add_argument("--ensemble", action="append", default=None, metavar="IDS",
+                       help="comma-separated surrogates, repeatable (default: mobileface,faceres and facenet-casia)")
+        p.add_argument("--steps", type=int, default=50, help="iterations N for every engine (paper: 50)")
+        p.add_argument("-k", "--num-targets", type=int, default=10, help="targets K (paper: 10)")
+        p.add_argument("--backend", action="append", default=None, help="runtime backends (default: all available)")
+        p.add_argument("--photo", type=Path, default=None, help="photo to protect (default: the shipped sample)")
+        p.add_argument("--no-reference", action="store_true", help="skip the torch reference engines")
+        p.add_argument("--json", type=Path, default=None, help="write the report here too")
+        p.set_defaults(handler=BenchCommand.run)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from edgecloak.bench import format_table, run_bench
+
+        ensembles = [e.split(",") for e in args.ensemble] if args.ensemble else [["mobileface", "faceres"], ["facenet-casia"]]
+        report = run_bench(
+            ensembles, steps=args.steps, num_targets=args.num_targets,
+            backends=args.backend or ("onnxruntime", "torch", "tensorrt"), photo=args.photo,
+            include_reference=not args.no_reference, progress=lambda m: print(f"  {m}", flush=True),
+        )
+        text = json.dumps(report, indent=2)
+        print(text)
+        print()
+        print(format_table(report))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text)
+        return 0

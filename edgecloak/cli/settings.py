@@ -1,0 +1,42 @@
+"""TIP-IM setting flags shared by the subcommands that run or export the loop.
+
+Every flag defaults to None, meaning "the bundle's preset" (or the paper's default without one),
+so only what the user typed overrides anything.
+
+Example:
+    >>> import argparse; p = argparse.ArgumentParser(); add_settings_arguments(p)
+    >>> settings_from(p.parse_args(["--steps", "20", "--no-diversity"]))
+    {'steps': 20, 'diversity': None}
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+_FLAGS = (
+    ("eps", float, "L_inf budget on 0..255 (paper: 12)"),
+    ("steps", int, "iterations N (paper: 50)"),
+    ("alpha", float, "step size (paper: 1.5)"),
+    ("mu", float, "momentum decay (paper: 1.0)"),
+    ("gamma", float, "MMD naturalness weight (public code: 0)"),
+    ("seed", int, "random seed of the input diversity (default 0)"),
+)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --eps --steps --alpha --mu --gamma --seed --norm --no-diversity (all default: preset)."""
+    for name, kind, text in _FLAGS:
+        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
+    parser.add_argument("--norm", choices=("linf", "l2"), default=None, help="step rule (default linf)")
+    parser.add_argument("--no-diversity", action="store_true", help="turn off input diversity (alignment jitter)")
+
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The TIPIMConfig fields the user set on the command line."""
+    out = {name: getattr(args, name) for name, _, _ in _FLAGS if getattr(args, name) is not None}
+    if args.norm is not None:
+        out["norm"] = args.norm
+    if args.no_diversity:
+        out["diversity"] = None
+    return out

@@ -1,0 +1,199 @@
+"""Write a cloak bundle: everything the torch-free runtime needs, hashed into one manifest.
+
+Workstation side of the export -> bundle -> runtime flow (the runtime side is
+``edgecloak.runtime.bundle``, which documents the layout). Exported graphs are cached under
+``$EDGECLOAK_HOME/graphs`` keyed by the converted weights, exporter, torch version, K and opset,
+so re-exporting a bundle (or the test suite doing it) costs seconds, not minutes.
+
+Example:
+    >>> from edgecloak.export.bundle import export_bundle
+    >>> export_bundle("bundles/edge", surrogates=["mobileface"], preset=TIPIMConfig(steps=20))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import onnx
+import torch
+
+import edgecloak
+from edgecloak.errors import ModelError, OutputError, UsageError
+from edgecloak.runtime.bundle import BUNDLE_FORMAT, Bundle, BUNDLE_FORMAT_VERSION, MANIFEST, RUNTIME_CONTRACT, sha256_file
+from edgecloak.runtime.config import TIPIMConfig
+from edgecloak.runtime.detect.mtcnn import MTCNNDetector
+from edgecloak.runtime.paths import edgecloak_home
+
+from .gradgraph import EXPORTER_VERSION, check_tensorrt_ops, export_embedding_graph, export_gradient_graph
+from .recognizers import Recognizer
+from .reference.targets import default_target_bank, target_bank_from_photos
+from .zoo.registry import default_surrogates, ensure_detector, ensure_recognizer
+
+Progress = Callable[[str], None]
+
+
+def _graph_key(rec: Recognizer, kind: str, size: int, opset: int) -> str:
+    manifest = json.loads((ensure_recognizer(rec.id).parent / "manifest.json").read_text())
+    facts = [manifest["source_sha256"], manifest["converter_version"], EXPORTER_VERSION, torch.__version__,
+             kind, size, opset]
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path:
+    """The exported ``grad`` (K = size) or ``embed`` (max batch = size) graph, from the cache if current."""
+    path = edgecloak_home() / "graphs" / rec.id / f"{_graph_key(rec, kind, size, opset)}.{kind}.onnx"
+    if path.is_file():
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if kind == "grad":
+        export_gradient_graph(rec, tmp, num_targets=size, opset=opset)
+    elif kind == "embed":
+        export_embedding_graph(rec, tmp, max_batch=size, opset=opset)
+    else:
+        raise ValueError(f"unknown graph kind {kind!r}")
+    os.replace(tmp, path)
+    return path
+
+
+def export_bundle(
+    out_dir: str | os.PathLike[str],
+    surrogates: Sequence[str] | None = None,
+    preset: TIPIMConfig | None = None,
+    num_targets: int = 10,
+    target_photos: Sequence[str | os.PathLike[str]] = (),
+    opset: int = 17,
+    with_torch: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Export surrogates, detector, targets and preset into ``out_dir`` (written atomically).
+
+    ``num_targets`` is K, fixed in the gradient graphs (the runtime may use fewer, never more).
+    ``with_torch`` adds a ``torch.export`` program per surrogate for the runtime's torch backend.
+    An existing ``out_dir`` is replaced only with ``force``.
+    """
+    out = Path(out_dir).expanduser()
+    say = progress or (lambda _msg: None)
+    if out.exists() and not force:
+        raise OutputError(f"{out}: already exists; choose another folder or pass --force to replace it")
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise OutputError(f"{out}: exists and is not a bundle; refusing to replace it")
+    if num_targets < 1:
+        raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+    preset = preset or TIPIMConfig()
+    ids = list(surrogates) if surrogates else default_surrogates()
+    started = time.perf_counter()
+
+    staging = out.with_name(f".{out.name}.exporting")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "surrogates").mkdir(parents=True)
+    recognizers = []
+    entries = []
+    for model_id in ids:
+        rec = Recognizer.load(model_id)
+        recognizers.append(rec)
+        say(f"exporting {model_id} (gradient graph, K={num_targets})")
+        grad = cached_graph(rec, "grad", num_targets, opset)
+        embed = cached_graph(rec, "embed", num_targets, opset)
+        entry = {
+            "id": model_id,
+            "input_size": rec.input_size,
+            "crop_scale": rec.spec.crop_scale,
+            "preprocess": rec.spec.preprocess,  # inside the graphs; recorded for the record
+            "embedding_dim": rec.spec.embedding_dim,
+            "max_batch": num_targets,
+            "grad_graph": f"surrogates/{model_id}.grad.onnx",
+            "embed_graph": f"surrogates/{model_id}.embed.onnx",
+            "shapes": {"x": [1, 3, rec.input_size, rec.input_size], "cotangents": [1, num_targets, rec.spec.embedding_dim],
+                       "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
+                       "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
+            "source_sha256": json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())["source_sha256"],
+            "tensorrt_unsupported_ops": check_tensorrt_ops(grad, "8.5"),
+            "extra": {},
+        }
+        shutil.copyfile(grad, staging / entry["grad_graph"])
+        shutil.copyfile(embed, staging / entry["embed_graph"])
+        if with_torch:
+            say(f"exporting {model_id} (torch program)")
+            entry["extra"]["torch"] = f"surrogates/{model_id}.pt2"
+            _export_torch_program(rec, staging / entry["extra"]["torch"], num_targets)
+        entries.append(entry)
+
+    say("copying the detector")
+    det_src = ensure_detector()
+    (staging / "detector").mkdir()
+    for name in ("pnet.onnx", "rnet.onnx", "onet.onnx"):
+        shutil.copyfile(det_src / name, staging / "detector" / name)
+
+    say("embedding the target identities")
+    detector = MTCNNDetector.from_dir(staging / "detector")
+    if target_photos:
+        bank = target_bank_from_photos(recognizers, detector, [Path(p) for p in target_photos])
+    else:
+        bank = default_target_bank(recognizers, detector)
+    bank = bank.select(range(min(num_targets, bank.size)))
+    bank.numpy().save(staging / "targets.npz")
+    (staging / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2, sort_keys=True))
+
+    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "runtime_contract": RUNTIME_CONTRACT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"edgecloak": edgecloak.__version__, "exporter": EXPORTER_VERSION, "torch": torch.__version__,
+                     "onnx": onnx.__version__},
+        "opset": opset,
+        "num_targets": num_targets,
+        "surrogates": entries,
+        "detector": {"name": "mtcnn", "dir": "detector"},
+        "targets": "targets.npz",
+        "target_identities": bank.identities,
+        "preset": "preset.json",
+        "export_seconds": round(time.perf_counter() - started, 1),
+        "files": files,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
+def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int = 10, with_torch: bool = False) -> Path:
+    """The cached bundle for these surrogates with the default targets (exported on first use).
+
+    Lives in ``$EDGECLOAK_HOME/bundles``; re-exported when this edgecloak's exporter or the bundle
+    no longer verifies. Used when the SDK or CLI is given no ``--bundle``.
+    """
+    ids = list(surrogates) if surrogates else default_surrogates()
+    path = edgecloak_home() / "bundles" / f"{'+'.join(ids)}-k{num_targets}{'-torch' if with_torch else ''}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(edgecloak_home() / "bundles" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may ask for the same bundle at once
+        if path.exists():
+            try:
+                bundle = Bundle.load(path)
+                if bundle.manifest["versions"]["exporter"] == EXPORTER_VERSION:
+                    return path
+            except ModelError:
+                pass  # stale or damaged: export again
+            shutil.rmtree(path)
+        export_bundle(path, ids, num_targets=num_targets, with_torch=with_torch)
+    return path
+
+
+def _export_torch_program(rec: Recognizer, path: Path, max_batch: int) -> None:
+    """A ``torch.export`` program of the recognizer (dynamic batch) for the runtime's torch backend."""
+    s = rec.input_size
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    program = torch.export.export(rec.eval(), (torch.zeros(2, 3, s, s),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))

@@ -1,0 +1,90 @@
+"""The one interface every engine implements: a surrogate's gradient graph and embedding graph.
+
+TIP-IM needs two things from each surrogate recognizer, and nothing else:
+
+* ``embed_and_grad(crop, cotangents)``: the unit embedding of ONE aligned crop and the K input
+  gradients ``d <embedding, cotangents[k]> / d crop`` (one forward, K vector-Jacobian products);
+* ``embed(crops)``: unit embeddings of a batch of crops (to score the K candidate images).
+
+A backend turns the bundle's files for one surrogate into a ``SurrogateEngine``. The TIP-IM loop
+(``edgecloak.runtime.tipim``) only talks to this interface, so it does not know whether ONNX
+Runtime, TensorRT or torch runs the graphs.
+
+Shapes (float32, C-contiguous; pixels 0..255, RGB, NCHW):
+    crop       [1, 3, S, S]          cotangents [1, K, D]
+    embedding  [1, D]                grad       [1, K, 3, S, S]
+    crops      [B, 3, S, S], 1 <= B <= max_batch   ->  embeddings [B, D]
+
+Engines may return views of internal buffers that the next call overwrites (that is how they avoid
+allocating per step): copy what you keep.
+
+Example:
+    >>> engine = OnnxRuntimeBackend().load(bundle.surrogates[0])      # doctest: +SKIP
+    >>> emb, grad = engine.embed_and_grad(crop, cotangents)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SurrogateFiles:
+    """What a backend needs to know about one surrogate in a bundle (see ``runtime.bundle``).
+
+    ``extra`` holds optional engine-specific files (for example ``{"torch": Path("x.pt2")}``).
+    """
+
+    id: str
+    input_size: int
+    embedding_dim: int
+    num_targets: int  # K, fixed in the gradient graph
+    max_batch: int  # largest batch the embedding graph is built for
+    grad_graph: Path  # ONNX (x, cotangents) -> (embedding, grad)
+    embed_graph: Path  # ONNX x [B,3,S,S] -> embedding [B,D]
+    extra: dict[str, Path] = field(default_factory=dict)
+
+
+class SurrogateEngine(ABC):
+    """One surrogate, ready to run. Not thread-safe: buffers are reused between calls."""
+
+    def __init__(self, files: SurrogateFiles):
+        self.files = files
+
+    @property
+    def id(self) -> str:
+        return self.files.id
+
+    @abstractmethod
+    def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding [1,D], grad [1,K,3,S,S]) for crop [1,3,S,S] and cotangents [1,K,D]."""
+
+    @abstractmethod
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Unit embeddings [B,D] of crops [B,3,S,S] (B <= files.max_batch)."""
+
+    def close(self) -> None:
+        """Release engine resources (GPU memory, sessions). Safe to call twice."""
+
+
+class Backend(ABC):
+    """An engine family. ``available()`` says whether it can run here, and if not, why not."""
+
+    name: str = ""
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, what it will run on) or (False, the reason it cannot run on this machine)."""
+
+    @abstractmethod
+    def load(self, files: SurrogateFiles) -> SurrogateEngine:
+        """Build or load the engine for one surrogate."""
+
+    def describe(self) -> str:
+        """A short human-readable name of the device/provider actually used."""
+        return self.name

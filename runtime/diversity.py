@@ -1,0 +1,45 @@
+"""The random draws of a TIP-IM run, from one numpy generator, in one fixed order.
+
+Both engines (torch reference and runtime) call these functions with ``np.random.default_rng(seed)``
+in the same order per step (jitter, then the MMD augmentations), so the same seed gives the same
+input diversity on either engine: that is what makes their results comparable pixel for pixel.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> m = sample_jitter(Jitter(probability=1.0), rng)
+    >>> m.shape
+    (3, 3)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import Jitter
+
+
+def sample_jitter(jitter: Jitter, rng: np.random.Generator) -> np.ndarray | None:
+    """A random 3x3 similarity about the crop centre (in units of the crop size), or None.
+
+    Five uniforms are always drawn, so the stream stays aligned whether or not this step jitters.
+    """
+    u = rng.random(5)
+    if u[0] >= jitter.probability:
+        return None
+    angle = math.radians((2 * u[1] - 1) * jitter.max_rotation_deg)
+    scale = 1.0 + (2 * u[2] - 1) * jitter.max_scale
+    tx, ty = (2 * u[3] - 1) * jitter.max_shift, (2 * u[4] - 1) * jitter.max_shift
+    c, s = scale * math.cos(angle), scale * math.sin(angle)
+    return np.array([[c, -s, tx], [s, c, ty], [0.0, 0.0, 1.0]])
+
+
+def sample_augmentations(batch: int, rng: np.random.Generator) -> list[tuple[int, int, bool]]:
+    """``batch - 1`` paired augmentations (dx, dy, flip) for the MMD batch: roll by +-2 px, maybe flip.
+
+    The first copy of the batch is always the unaugmented pair.
+    """
+    draws = rng.integers(-2, 3, size=(batch - 1, 2))
+    flips = rng.integers(0, 2, size=batch - 1)
+    return [(int(dx), int(dy), bool(f)) for (dx, dy), f in zip(draws, flips)]

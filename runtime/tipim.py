@@ -1,0 +1,219 @@
+"""TIP-IM on engine graphs, in numpy: the torch-free loop that runs on devices.
+
+The same algorithm as the torch reference (``edgecloak.export.reference.tipim``), step for step,
+with the autograd replaced by what the bundle's graphs give:
+
+* the K identity-loss gradients at x: per surrogate ONE gradient-graph call (one forward, K
+  vector-Jacobian products with cotangents ``2 w_s (f_s(r) - f_s(t_k))``), pulled back from the
+  aligned crop to the photo pixels with the exact adjoint of the bilinear warp (``runtime.warp``);
+* greedy insertion: one embedding-graph call per surrogate scores the K candidate images.
+
+Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MMD, the random
+draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
+and settings the result matches the reference (see tests/test_runtime_parity.py).
+
+Example:
+    >>> loop = RuntimeTIPIM(engines, TIPIMConfig(steps=20))           # doctest: +SKIP
+    >>> result = loop.run(region, face, targets)                       # doctest: +SKIP
+    >>> targets.identities[result.target_index]                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backends.base import SurrogateEngine
+from .config import TIPIMConfig
+from .diversity import sample_augmentations, sample_jitter
+from .face_region import FaceRegion
+from .mmd import mmd_gradient
+from .targets import TargetBank
+from .warp import BilinearSampler, crop_to_src_matrix
+
+
+@dataclass
+class RuntimeResult:
+    """The protected region [1,3,h,w] (float32 on the uint8 grid) and what the loop settled on.
+
+    ``seconds`` splits the loop's time: ``graphs`` (engine calls), ``warp`` (crops and their
+    adjoints), ``other`` (the numpy algebra).
+    """
+
+    region: np.ndarray
+    target_index: int
+    gains: list[float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    """Accumulates wall time per phase with almost no overhead."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.totals[phase] += now - self._last
+        self._last = now
+
+
+def face_sampler(face: FaceRegion, name: str, size: int, jitter: np.ndarray | None) -> BilinearSampler:
+    matrix, pool = crop_to_src_matrix(face.matrices[name], size, jitter)
+    return BilinearSampler(matrix, face.region_hw, size, pool)
+
+
+class RuntimeTIPIM:
+    """TIP-IM over an ensemble of ``SurrogateEngine``s (any backend)."""
+
+    def __init__(self, engines: Sequence[SurrogateEngine], config: TIPIMConfig | None = None):
+        if not engines:
+            raise ValueError("the loop needs at least one surrogate engine")
+        self.engines = list(engines)
+        self.config = config or TIPIMConfig()
+        # Equal ensemble weights: each surrogate's loss is on the same (cosine) scale.
+        self.weights = {e.id: 1.0 / len(self.engines) for e in self.engines}
+        capacity = min(e.files.num_targets for e in self.engines)
+        self.max_targets = capacity
+
+    # -- the algebra shared with the reference (same formulas, numpy) ----------------------
+    def project(self, x: np.ndarray, x0: np.ndarray, limit: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Into the eps-ball around x0 (per-pixel L_inf ``limit``; L2 too when eps_l2 is set) and [0, 255]."""
+        delta = np.subtract(x, x0, out=out)
+        if self.config.eps_l2 is not None:
+            norms = np.maximum(np.sqrt((delta.reshape(len(delta), -1) ** 2).sum(1)), 1e-12)
+            delta *= np.minimum(self.config.eps_l2 / norms, 1.0).astype(np.float32).reshape(-1, 1, 1, 1)
+        np.minimum(delta, limit, out=delta)
+        np.maximum(delta, -limit, out=delta)
+        delta += x0
+        return np.clip(delta, 0.0, 255.0, out=delta)
+
+    def finalise(self, x: np.ndarray, x0: np.ndarray, limit: np.ndarray) -> np.ndarray:
+        """Round to the uint8 grid and re-clip so |out - x0| <= floor(limit) holds exactly per pixel."""
+        bound = np.floor(limit)
+        return np.clip(np.minimum(np.maximum(np.round(x), x0 - bound), x0 + bound), 0.0, 255.0)
+
+    @staticmethod
+    def normalise(g: np.ndarray) -> np.ndarray:
+        """Divide each gradient in the batch by its mean absolute value (MI-FGSM), in place."""
+        scale = np.maximum(np.abs(g).reshape(len(g), -1).mean(1), 1e-12).astype(np.float32)
+        g /= scale.reshape(-1, 1, 1, 1)
+        return g
+
+    def step(self, x: np.ndarray, momenta: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """x - alpha * sign(m) (L_inf) or x - alpha * sqrt(n) * m/||m|| (L2), for every candidate."""
+        cfg = self.config
+        if cfg.norm == "linf":
+            np.sign(momenta, out=out)
+            out *= np.float32(-cfg.alpha)
+        else:
+            flat = momenta.reshape(len(momenta), -1)
+            norms = np.maximum(np.sqrt((flat * flat).sum(1)), 1e-12).astype(np.float32)
+            np.divide(momenta, norms.reshape(-1, 1, 1, 1), out=out)
+            out *= np.float32(-cfg.alpha * math.sqrt(flat.shape[1]))
+        out += x
+        return out
+
+    def gain(self, emb: dict[str, np.ndarray], real: dict[str, np.ndarray], targets: TargetBank) -> np.ndarray:
+        """Per-image [B, K] ensemble-mean of ||f(x)-f(r)|| - ||f(x)-f(t)|| (unsquared L2)."""
+        total = 0.0
+        for e in self.engines:
+            d_real = np.linalg.norm(emb[e.id] - real[e.id], axis=1, keepdims=True)
+            d_targets = np.linalg.norm(emb[e.id][:, None, :] - targets.embeddings[e.id][None], axis=2)
+            total = total + self.weights[e.id] * (d_real - d_targets)
+        return total
+
+    # -- the loop --------------------------------------------------------------------------
+    def embed(self, region: np.ndarray, samplers: dict[str, BilinearSampler]) -> dict[str, np.ndarray]:
+        """Unit embeddings {id: [B,D]} (copies) of a region batch [B,3,h,w] through the samplers."""
+        return {e.id: e.embed(samplers[e.id].forward(region)).copy() for e in self.engines}
+
+    def run(
+        self,
+        region: np.ndarray,
+        face: FaceRegion,
+        targets: TargetBank,
+        start: np.ndarray | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> RuntimeResult:
+        """Protect one face region [1,3,h,w] (float32 0..255, the ORIGINAL pixels).
+
+        ``start``: where to begin (an earlier face of the same photo may have changed pixels of this
+        region); the budget is always around the original. ``targets`` must be numpy embeddings,
+        at most the graphs' K of them.
+        """
+        cfg = self.config
+        k = targets.size
+        if not 1 <= k <= self.max_targets:
+            raise ValueError(f"{k} targets, but the graphs take 1..{self.max_targets}")
+        rng = np.random.default_rng(cfg.seed)
+        clock = _Clock()
+        x0 = np.ascontiguousarray(region, dtype=np.float32)
+        sizes = {e.id: e.files.input_size for e in self.engines}
+        plain = {e.id: face_sampler(face, e.id, sizes[e.id], None) for e in self.engines}
+        real = self.embed(x0, plain)
+        # cotangents padded to the graph's K with zeros: the extra gradients are ignored
+        cotangents = {}
+        for e in self.engines:
+            c = np.zeros((1, e.files.num_targets, e.files.embedding_dim), np.float32)
+            c[0, :k] = 2.0 * self.weights[e.id] * (real[e.id] - targets.embeddings[e.id])
+            cotangents[e.id] = c
+        limit = (np.float32(cfg.eps) * face.edge_weight_map())[None, None]
+        x = x0.copy() if start is None else self.project(np.asarray(start, np.float32), x0, limit)
+        # buffers for the whole face: nothing below allocates arrays of the region's size per step
+        shape = x0.shape[1:]
+        momentum = np.zeros_like(x0)
+        grads = np.zeros((k, *shape), np.float32)
+        pulled = np.zeros((k, *shape), np.float32)
+        candidates = np.zeros((k, *shape), np.float32)
+        rounded = np.zeros((k, *shape), np.float32)
+        x_round = np.zeros_like(x0)
+        best_x, best_gain = x.copy(), -math.inf
+        gains: list[float] = []
+        clock.lap("other")
+        for _ in range(cfg.steps):
+            jitter = sample_jitter(cfg.diversity, rng) if cfg.diversity else None
+            np.round(x, out=x_round)  # the surrogates see the uint8 image (straight-through)
+            grads.fill(0.0)
+            for e in self.engines:
+                sampler = plain[e.id] if jitter is None else face_sampler(face, e.id, sizes[e.id], jitter)
+                crop = sampler.forward(x_round)
+                clock.lap("warp")
+                _, grad = e.embed_and_grad(crop, cotangents[e.id])
+                clock.lap("graphs")
+                grads += sampler.adjoint(grad[0, :k], out=pulled)
+                clock.lap("warp")
+            if cfg.gamma > 0:
+                _, g_mmd = mmd_gradient(x, x0, sample_augmentations(cfg.mmd_batch, rng), weight=cfg.gamma)
+                grads += g_mmd
+            momenta = self.normalise(grads)
+            momenta += np.float32(cfg.mu) * momentum
+            self.project(self.step(x, momenta, out=candidates), x0, limit, out=candidates)
+            np.round(candidates, out=rounded)
+            clock.lap("other")
+            emb = {}
+            for e in self.engines:
+                crops = plain[e.id].forward(rounded)
+                clock.lap("warp")
+                emb[e.id] = e.embed(crops).copy()
+                clock.lap("graphs")
+            cand_gain = np.logaddexp(0.0, self.gain(emb, real, targets).max(axis=1))  # softplus
+            best = int(cand_gain.argmax())
+            gains.append(float(cand_gain[best]))
+            x[...] = candidates[best]
+            momentum[...] = momenta[best]
+            if gains[-1] > best_gain:
+                best_x[...], best_gain = x, gains[-1]
+            clock.lap("other")
+            if on_step is not None:
+                on_step(len(gains))
+        out = self.finalise(best_x if cfg.keep_best else x, x0, limit)
+        target_index = int(self.gain(self.embed(out, plain), real, targets)[0].argmax())
+        clock.lap("other")
+        return RuntimeResult(region=out, target_index=target_index, gains=gains, seconds=dict(clock.totals))
