@@ -32,8 +32,11 @@ import numpy as np
 import edgecloak
 
 
-def _timed_protect(protector, image, landmarks, targets) -> tuple[float, float, np.ndarray, int]:
-    """(seconds per face, median seconds per iteration, protected region, target index)."""
+def timed_protect(protector, image, landmarks, targets) -> tuple[float, float, np.ndarray, int]:
+    """(seconds per face, median seconds per iteration, protected region, target index).
+
+    Torch-free (any protector), so device scripts can use it too.
+    """
     stamps: list[float] = []
     t0 = time.perf_counter()
     _, region, target = protector.protect_face(image, image, landmarks, targets, on_step=lambda _i: stamps.append(time.perf_counter()))
@@ -99,7 +102,7 @@ def run_bench(
         reference_region = None
         for label, (protector, bank) in engines:
             say(f"{name}: {label}")
-            per_face, per_iter, region, target = _timed_protect(protector, image, face.landmarks, bank)
+            per_face, per_iter, region, target = timed_protect(protector, image, face.landmarks, bank)
             if label == "reference-batched":
                 reference_region = region
             rows.append({

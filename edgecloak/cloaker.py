@@ -90,6 +90,7 @@ class Cloaker:
         cls,
         bundle: str | os.PathLike[str] | None = None,
         backend: str = "auto",
+        preset: str = "paper",
         surrogates: Sequence[str] | None = None,
         target_photos: Sequence[str | os.PathLike[str]] = (),
         num_targets: int | None = None,
@@ -97,15 +98,27 @@ class Cloaker:
     ) -> "Cloaker":
         """A cloaker on the torch-free runtime (``bundle``) or on the torch reference.
 
-        ``bundle``: a folder written by ``edgecloak export``; without one, ``backend="reference"``
-        runs the torch reference on the zoo, and any other backend runs the runtime on the default
-        bundle for ``surrogates`` (exported into the cache on first use; needs the export extra).
-        ``num_targets`` keeps the first K target identities; ``target_photos`` replaces them.
-        ``settings`` are ``TIPIMConfig`` fields (eps, steps, alpha, mu, norm, gamma, seed, ...)
-        overriding the bundle's preset.
+        ``bundle``: a folder written by ``edgecloak export``. Without one, ``preset`` (``paper`` or
+        ``edge``, see ``edgecloak.calibration.presets``) names the surrogates and settings;
+        ``backend="reference"`` then runs the torch reference on the zoo, and any other backend the
+        runtime on the preset's bundle (exported into the cache on first use; needs the export
+        extra). ``surrogates`` replaces the preset's; ``num_targets`` keeps the first K target
+        identities; ``target_photos`` replaces them. ``settings`` are ``TIPIMConfig`` fields (eps,
+        steps, alpha, mu, norm, gamma, seed, ...) overriding the bundle's or preset's.
+
+        Example:
+            >>> cloaker = Cloaker.load(preset="edge")           # doctest: +SKIP
+            >>> cloaker.backend                                  # doctest: +SKIP
+            'onnxruntime 1.23.2 [CPUExecutionProvider] (auto; skipped tensorrt: ...)'
         """
         if num_targets is not None and num_targets < 1:
             raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+        from edgecloak.calibration.presets import preset as named_preset
+
+        recipe = named_preset(preset)
+        if bundle is None:
+            surrogates = list(surrogates) if surrogates else list(recipe.surrogates)
+            settings = {**recipe.settings, **settings}
         if backend == "reference":
             if bundle is not None:
                 raise UsageError("the reference backend runs the zoo models, not a bundle; drop --bundle")
@@ -119,7 +132,7 @@ class Cloaker:
         if bundle is None:
             from edgecloak.export.bundle import default_bundle
 
-            bundle = default_bundle(surrogates)
+            bundle = default_bundle(surrogates, recipe.num_targets)
         elif surrogates:
             raise UsageError("--surrogates is fixed by the bundle; export another bundle to change it")
         protector = RuntimeProtector.from_bundle(bundle, backend, **settings)

@@ -40,8 +40,9 @@ from .zoo.registry import default_surrogates, ensure_detector, ensure_recognizer
 Progress = Callable[[str], None]
 
 
-def _graph_key(rec: Recognizer, kind: str, size: int, opset: int) -> str:
-    manifest = json.loads((ensure_recognizer(rec.id).parent / "manifest.json").read_text())
+def _graph_key(model_id: str, kind: str, size: int, opset: int) -> str:
+    """Cache key of an exported graph: converted weights, converter, exporter, torch, kind, size, opset."""
+    manifest = json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())
     facts = [manifest["source_sha256"], manifest["converter_version"], EXPORTER_VERSION, torch.__version__,
              kind, size, opset]
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
@@ -49,7 +50,7 @@ def _graph_key(rec: Recognizer, kind: str, size: int, opset: int) -> str:
 
 def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path:
     """The exported ``grad`` (K = size) or ``embed`` (max batch = size) graph, from the cache if current."""
-    path = edgecloak_home() / "graphs" / rec.id / f"{_graph_key(rec, kind, size, opset)}.{kind}.onnx"
+    path = edgecloak_home() / "graphs" / rec.id / f"{_graph_key(rec.id, kind, size, opset)}.{kind}.onnx"
     if path.is_file():
         return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -116,6 +117,8 @@ def export_bundle(
                        "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
                        "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
             "source_sha256": json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())["source_sha256"],
+            # what the graphs were exported from (weights, converter, exporter, torch, K, opset)
+            "graph_keys": {kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")},
             "tensorrt_unsupported_ops": check_tensorrt_ops(grad, "8.5"),
             "extra": {},
         }
@@ -181,14 +184,22 @@ def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int = 1
         fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may ask for the same bundle at once
         if path.exists():
             try:
-                bundle = Bundle.load(path)
-                if bundle.manifest["versions"]["exporter"] == EXPORTER_VERSION:
+                if _is_current(Bundle.load(path), num_targets):
                     return path
-            except ModelError:
+            except (ModelError, KeyError):
                 pass  # stale or damaged: export again
             shutil.rmtree(path)
         export_bundle(path, ids, num_targets=num_targets, with_torch=with_torch)
     return path
+
+
+def _is_current(bundle: Bundle, num_targets: int) -> bool:
+    """Were this bundle's graphs exported from today's weights, converters, exporter and torch?"""
+    opset = bundle.manifest["opset"]
+    return all(
+        entry["graph_keys"] == {kind: _graph_key(entry["id"], kind, num_targets, opset) for kind in ("grad", "embed")}
+        for entry in bundle.manifest["surrogates"]
+    )
 
 
 def _export_torch_program(rec: Recognizer, path: Path, max_batch: int) -> None:

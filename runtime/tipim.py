@@ -79,8 +79,8 @@ class RuntimeTIPIM:
         self.config = config or TIPIMConfig()
         # Equal ensemble weights: each surrogate's loss is on the same (cosine) scale.
         self.weights = {e.id: 1.0 / len(self.engines) for e in self.engines}
-        capacity = min(e.files.num_targets for e in self.engines)
-        self.max_targets = capacity
+        # K is fixed in the gradient graphs: the loop can chase at most that many targets
+        self.max_targets = min(e.files.num_targets for e in self.engines)
 
     # -- the algebra shared with the reference (same formulas, numpy) ----------------------
     def project(self, x: np.ndarray, x0: np.ndarray, limit: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

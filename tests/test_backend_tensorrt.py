@@ -308,7 +308,7 @@ def make_fake_trt(version: str = "8.6.1", with_fp16: bool = True):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.float32 = "FLOAT"
-    trt.stats = {"builds": 0, "flags": [], "builder_flags": [], "profiles": [], "pool": [], "contexts": 0}
+    trt.stats = {"builds": 0, "flags": [], "builder_flags": [], "cleared_flags": [], "profiles": [], "pool": [], "contexts": 0}
     registry: dict[int, np.ndarray] = {}
     trt.registry = registry
 
@@ -395,6 +395,9 @@ def make_fake_trt(version: str = "8.6.1", with_fp16: bool = True):
         def set_flag(self, flag):
             self.flags.append(flag)
 
+        def clear_flag(self, flag):
+            self.cleared = [*getattr(self, "cleared", []), flag]
+
         def add_optimization_profile(self, profile):
             self.profiles.append(profile)
             return len(self.profiles) - 1
@@ -416,6 +419,7 @@ def make_fake_trt(version: str = "8.6.1", with_fp16: bool = True):
         def build_serialized_network(self, network, config):
             trt.stats["builds"] += 1
             trt.stats["builder_flags"].append(list(config.flags))
+            trt.stats["cleared_flags"].append(list(getattr(config, "cleared", [])))
             profiles = [p.shapes for p in config.profiles]
             trt.stats["profiles"].append(profiles)
             return json.dumps({"path": network.path, "profiles": profiles}).encode()
@@ -562,6 +566,7 @@ def test_fake_build_run_matches_onnxruntime(fake, linear, tmp_path):
     assert stats["builds"] == 2 and stats["flags"] == [1, 1]
     assert stats["pool"] == [("WORKSPACE", 1 << 20)] * 2
     assert stats["builder_flags"] == [[], []]
+    assert stats["cleared_flags"] == [["TF32"], ["TF32"]]  # true fp32: TF32 off for parity
     assert stats["profiles"][0] == []
     assert stats["profiles"][1] == [{"x": ((1, 3, S, S), (MAX_B, 3, S, S), (MAX_B, 3, S, S))}]
     engine.close()

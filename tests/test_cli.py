@@ -84,3 +84,58 @@ def test_models_list_reports_every_model():
     assert done.returncode == 0
     ids = {row["id"] for row in json.loads(done.stdout)}
     assert {"mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras", "mtcnn"} <= ids
+
+
+@pytest.fixture(scope="module")
+def edge_bundle(tmp_path_factory):
+    """`edgecloak export` of the edge preset (3 steps), through the CLI."""
+    out = tmp_path_factory.mktemp("cli-bundle") / "edge"
+    done = run_cli("export", "-o", str(out), "--preset", "edge", "--steps", "3")
+    assert done.returncode == 0, done.stderr
+    assert "TensorRT 8.5 ops OK" in done.stdout and f"bundle {out}" in done.stdout
+    return out
+
+
+@pytest.mark.slow
+def test_export_then_protect_with_the_bundle_on_the_runtime(edge_bundle, tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("protect", "--bundle", str(edge_bundle), "--sample", "-o", str(out), "--backend", "auto")
+    assert done.returncode == 0, done.stderr
+    assert "backend: onnxruntime" in done.stdout and "auto" in done.stdout
+    after = load_image(out / "grace_hopper.png")
+    diff = np.abs(after.astype(int) - load_image(sample_photo()).astype(int))
+    assert 0 < diff.max() <= 12
+
+
+def test_export_refuses_to_overwrite_and_protect_refuses_a_damaged_bundle(edge_bundle, tmp_path):
+    done = run_cli("export", "-o", str(edge_bundle), "--preset", "edge")
+    assert done.returncode == 5 and "already exists" in done.stderr
+    damaged = tmp_path / "damaged"
+    shutil.copytree(edge_bundle, damaged)
+    (damaged / "preset.json").write_text('{"steps": 1000}')
+    out = tmp_path / "out"
+    done = run_cli("protect", "--bundle", str(damaged), "--sample", "-o", str(out))
+    assert done.returncode == 7
+    assert "preset.json does not match its manifest" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_reference_backend_does_not_take_a_bundle(edge_bundle, tmp_path):
+    done = run_cli("protect", "--bundle", str(edge_bundle), "--backend", "reference", "--sample", "-o", str(tmp_path))
+    assert done.returncode == 2 and "reference backend" in done.stderr
+
+
+@pytest.mark.slow
+def test_bench_prints_json_and_a_table(tmp_path):
+    report_path = tmp_path / "bench.json"
+    done = run_cli("bench", "--ensemble", "mobileface", "--steps", "2", "--backend", "onnxruntime",
+                   "--json", str(report_path))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    rows = {r["engine"]: r for r in report["rows"]}
+    assert {"reference-paper", "reference-batched", "runtime/onnxruntime"} <= set(rows)
+    runtime = rows["runtime/onnxruntime"]
+    assert runtime["per_face_s"] > 0 and runtime["per_iteration_ms"] > 0
+    assert runtime["max_diff_vs_reference"] <= 1  # the runtime protects like the reference
+    assert rows["reference-paper"]["speedup_vs_paper"] == 1.0
+    assert "x paper" in done.stdout and "runtime/onnxruntime" in done.stdout

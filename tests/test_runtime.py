@@ -185,9 +185,17 @@ PARITY = [
 
 
 @pytest.mark.parametrize("settings, tolerated", PARITY, ids=["linf-diversity", "l2", "mmd"])
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "tensorrt"])
 def test_runtime_matches_the_torch_reference(mobileface_bundle, recognizer, sample_face, settings, tolerated, backend):
-    """Same seed and settings: the protected region differs by at most 1/255 and the same target wins."""
+    """Same seed and settings: the protected region differs by at most 1/255 and the same target wins.
+
+    The tensorrt case runs where TensorRT and a GPU exist (scripts/gpu_check.py runs it there).
+    """
+    from edgecloak.runtime.backends import backend_class
+
+    ok, reason = backend_class(backend).available()
+    if not ok:
+        pytest.skip(reason)
     config = TIPIMConfig(**settings)
     got, want, pixels, region = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, config, backend)
     diff = np.abs(got.region - want.region.numpy())
@@ -237,3 +245,19 @@ def test_runtime_runs_without_torch_or_export_code(mobileface_bundle, sample_fac
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("OK onnxruntime")
+
+
+def test_default_bundle_is_reused_until_its_graphs_go_stale():
+    from edgecloak.export.bundle import default_bundle
+
+    path = default_bundle(["mobileface"], 10)
+    stamp = (path / "manifest.json").stat().st_mtime_ns
+    assert default_bundle(["mobileface"], 10) == path
+    assert (path / "manifest.json").stat().st_mtime_ns == stamp  # reused, not re-exported
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["surrogates"][0]["graph_keys"]["grad"] = "exported-by-an-older-edgecloak"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert default_bundle(["mobileface"], 10) == path
+    fresh = json.loads((path / "manifest.json").read_text())
+    assert fresh["surrogates"][0]["graph_keys"]["grad"] != "exported-by-an-older-edgecloak"
+    Bundle.load(path)

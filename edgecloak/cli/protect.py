@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgecloak.calibration.presets import PRESETS
 from edgecloak.errors import EdgecloakError, OutputError, UsageError
 from edgecloak.runtime.backends import BACKENDS
 
@@ -26,7 +27,10 @@ class ProtectCommand:
                        help="a cloak bundle from `edgecloak export` (default: one for --surrogates, exported on first use)")
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "reference"),
                        help="what runs the surrogates: auto picks the best available; reference = torch autograd")
-        p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: mobileface,faceres)")
+        p.add_argument("--preset", default="paper", choices=tuple(PRESETS),
+                       help="without --bundle: surrogates and settings (paper: mobileface+faceres, N 50; "
+                            "edge: mobileface, fast)")
+        p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: the preset's)")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
                        help="a target identity photo (repeatable); default: the 10 shipped identities")
         p.add_argument("-k", "--num-targets", type=int, default=None, help="use the first K targets (paper: 10)")
@@ -56,7 +60,7 @@ class ProtectCommand:
             raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
 
         surrogates = args.surrogates.split(",") if args.surrogates else None
-        cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, surrogates=surrogates,
+        cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, preset=args.preset, surrogates=surrogates,
                                target_photos=args.target, num_targets=args.num_targets, **settings_from(args))
         print(f"backend: {cloaker.backend}")
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from edgecloak.errors import ModelError
 
-CONVERTER_VERSION = "graphdef-1"
+CONVERTER_VERSION = "graphdef-2"  # 2: reshape keeps a symbolic batch (dynamic-batch export)
 
 NCHW = "NCHW"  # a rank-4 value stored channel-first (TensorFlow sees it as NHWC)
 TF = "TF"  # a value stored exactly as TensorFlow lays it out
@@ -178,8 +178,9 @@ def _op_reshape(x: Tensor, *, shape: tuple[int, ...], batch_leading: bool) -> Te
     target = list(shape)
     if batch_leading:
         # The freezer constant-folded the batch size of the placeholder into this shape; every
-        # tensor on the path is batch-leading, so the leading entry is the batch: keep ours.
-        target[0] = int(x.shape[0])
+        # tensor on the path is batch-leading, so the leading entry is the batch: keep ours
+        # (symbolic, not int(): exported graphs must keep a dynamic batch).
+        return x.reshape(x.shape[0], *target[1:])
     return x.reshape(target)
 
 

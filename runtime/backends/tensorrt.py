@@ -453,6 +453,12 @@ def build_serialized_engine(trt, onnx_path: Path, precision: str, max_batch: int
             raise EdgecloakError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (networks are strongly "
                                  "typed): use precision='fp32' or export the graphs in fp16")
         config.set_flag(fp16)
+    else:
+        # TensorRT enables TF32 for fp32 convolutions on Ampere and newer (10-bit mantissa):
+        # the fp32 engine must match the reference loop to the pixel, so keep true fp32.
+        tf32 = getattr(trt.BuilderFlag, "TF32", None)
+        if tf32 is not None:
+            config.clear_flag(tf32)
 
     dynamic = []
     for i in range(network.num_inputs):
