@@ -83,16 +83,19 @@ class RuntimeTIPIM:
         self.max_targets = min(e.files.num_targets for e in self.engines)
 
     # -- the algebra shared with the reference (same formulas, numpy) ----------------------
-    def project(self, x: np.ndarray, x0: np.ndarray, limit: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Into the eps-ball around x0 (per-pixel L_inf ``limit``; L2 too when eps_l2 is set) and [0, 255]."""
-        delta = np.subtract(x, x0, out=out)
+    def bounds(self, x0: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel [lo, hi] of the L_inf ball around x0 within [0, 255] (computed once per face)."""
+        return np.maximum(x0 - limit, 0.0), np.minimum(x0 + limit, 255.0)
+
+    def project(self, x: np.ndarray, x0: np.ndarray, bounds: tuple[np.ndarray, np.ndarray],
+                out: np.ndarray | None = None) -> np.ndarray:
+        """Into the eps-ball around x0 (L_inf always; L2 too when eps_l2 is set) and [0, 255]."""
         if self.config.eps_l2 is not None:
+            delta = np.subtract(x, x0, out=out)
             norms = np.maximum(np.sqrt((delta.reshape(len(delta), -1) ** 2).sum(1)), 1e-12)
             delta *= np.minimum(self.config.eps_l2 / norms, 1.0).astype(np.float32).reshape(-1, 1, 1, 1)
-        np.minimum(delta, limit, out=delta)
-        np.maximum(delta, -limit, out=delta)
-        delta += x0
-        return np.clip(delta, 0.0, 255.0, out=delta)
+            x = np.add(delta, x0, out=delta)
+        return np.clip(x, bounds[0], bounds[1], out=out)
 
     def finalise(self, x: np.ndarray, x0: np.ndarray, limit: np.ndarray) -> np.ndarray:
         """Round to the uint8 grid and re-clip so |out - x0| <= floor(limit) holds exactly per pixel."""
@@ -165,7 +168,8 @@ class RuntimeTIPIM:
             c[0, :k] = 2.0 * self.weights[e.id] * (real[e.id] - targets.embeddings[e.id])
             cotangents[e.id] = c
         limit = (np.float32(cfg.eps) * face.edge_weight_map())[None, None]
-        x = x0.copy() if start is None else self.project(np.asarray(start, np.float32), x0, limit)
+        bounds = self.bounds(x0, limit)
+        x = x0.copy() if start is None else self.project(np.asarray(start, np.float32), x0, bounds)
         # buffers for the whole face: nothing below allocates arrays of the region's size per step
         shape = x0.shape[1:]
         momentum = np.zeros_like(x0)
@@ -194,7 +198,7 @@ class RuntimeTIPIM:
                 grads += g_mmd
             momenta = self.normalise(grads)
             momenta += np.float32(cfg.mu) * momentum
-            self.project(self.step(x, momenta, out=candidates), x0, limit, out=candidates)
+            self.project(self.step(x, momenta, out=candidates), x0, bounds, out=candidates)
             np.round(candidates, out=rounded)
             clock.lap("other")
             emb = {}

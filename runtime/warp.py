@@ -29,6 +29,8 @@ Example:
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -81,6 +83,18 @@ def crop_to_src_matrix(photo_to_crop: np.ndarray, size: int, jitter: np.ndarray 
         ]
     )
     return (pool @ inv)[:2].copy(), factor
+
+
+# Worker threads for plane-parallel sampling (numpy releases the GIL in take and the adds).
+_THREADS = min(4, len(os.sched_getaffinity(0)))
+_EXECUTOR: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = ThreadPoolExecutor(_THREADS, thread_name_prefix="edgecloak-warp")
+    return _EXECUTOR
 
 
 def _window_counts(n: int, pool: int) -> np.ndarray:
@@ -241,10 +255,27 @@ class BilinearSampler:
         out = self._check_out(out, (b, c, s, s))
         # Plane by plane: the (pooled) source plane stays in cache from pooling through the four
         # gathers, measured ~2x faster than whole-batch pooling and fancy-indexing all channels at once.
-        tmp = self._buffer("gather", (s * s,))
-        pooled = self._buffer("pooled", self.pooled_hw) if self.pool >= 2 else None
+        planes, crops = src.reshape(b * c, *self.src_hw), out.reshape(b * c, s * s)
+        if b * c >= 2 * _THREADS and _THREADS > 1:
+            # np.take and the pooling adds release the GIL: split the planes over the CPUs
+            bounds = np.linspace(0, b * c, _THREADS + 1).astype(int)
+
+            def run(t: int) -> None:
+                lo, hi = bounds[t], bounds[t + 1]
+                self._forward_planes(planes[lo:hi], crops[lo:hi], f"-{t}")
+
+            list(_pool().map(run, range(_THREADS)))
+        else:
+            self._forward_planes(planes, crops, "")
+        return out
+
+    def _forward_planes(self, planes: np.ndarray, crops: np.ndarray, tag: str) -> None:
+        """Pool (if needed) and sample planes [n,h,w] into crops [n,S*S]; ``tag`` names the scratch."""
+        s = self.size
+        tmp = self._buffer("gather" + tag, (s * s,))
+        pooled = self._buffer("pooled" + tag, self.pooled_hw) if self.pool >= 2 else None
         idx, wts = self._index, self._weight
-        for plane, crop in zip(src.reshape(b * c, *self.src_hw), out.reshape(b * c, s * s)):
+        for plane, crop in zip(planes, crops):
             if pooled is not None:
                 self._pool_plane(plane, pooled)
                 plane = pooled
@@ -256,7 +287,6 @@ class BilinearSampler:
                 np.take(flat, idx[k], out=tmp)
                 np.multiply(tmp, wts[k], out=tmp)
                 np.add(crop, tmp, out=crop)
-        return out
 
     def adjoint(self, grad: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The transpose of :meth:`forward`: ``grad`` [B,C,S,S] -> [B,C,h,w] float32.

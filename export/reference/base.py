@@ -45,16 +45,16 @@ class IterativeAttack:
     def project(self, x: torch.Tensor, x0: torch.Tensor, limit: torch.Tensor | None = None) -> torch.Tensor:
         """Into the eps-ball around x0 (L_inf always; L2 too when eps_l2 is set) and [0, 255].
 
-        ``limit`` is an optional per-pixel L_inf bound (<= eps), broadcast over x.
+        ``limit`` is an optional per-pixel L_inf bound (<= eps), broadcast over x. The L_inf part is
+        one clamp to ``[max(x0 - limit, 0), min(x0 + limit, 255)]`` (the runtime does the same).
         """
         cfg = self.config
-        delta = x - x0
         if cfg.eps_l2 is not None:
+            delta = x - x0
             norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = delta * (cfg.eps_l2 / norms).clamp(max=1.0).view(-1, 1, 1, 1)
-        bound = cfg.eps if limit is None else limit
-        delta = torch.maximum(torch.minimum(delta, torch.as_tensor(bound)), -torch.as_tensor(bound))
-        return (x0 + delta).clamp(0.0, 255.0)
+            x = x0 + delta * (cfg.eps_l2 / norms).clamp(max=1.0).view(-1, 1, 1, 1)
+        bound = torch.as_tensor(cfg.eps if limit is None else limit)
+        return torch.clamp(x, (x0 - bound).clamp_min(0.0), (x0 + bound).clamp_max(255.0))
 
     def finalise(self, x: torch.Tensor, x0: torch.Tensor, limit: torch.Tensor | None = None) -> torch.Tensor:
         """Round to the uint8 grid and re-clip so |out - x0| <= floor(bound) holds exactly per pixel."""
