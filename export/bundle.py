@@ -32,7 +32,8 @@ from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.detect.mtcnn import MTCNNDetector
 from edgecloak.runtime.paths import edgecloak_home
 
-from .gradgraph import EXPORTER_VERSION, check_tensorrt_ops, export_embedding_graph, export_gradient_graph
+from .gradgraph import (EXPORTER_VERSION, check_tensorrt_ops, export_embedding_graph, export_gradient_graph,
+                        quiet_exporter)
 from .recognizers import Recognizer
 from .reference.targets import default_target_bank, target_bank_from_photos
 from .zoo.registry import default_surrogates, ensure_detector, ensure_recognizer
@@ -206,5 +207,6 @@ def _export_torch_program(rec: Recognizer, path: Path, max_batch: int) -> None:
     """A ``torch.export`` program of the recognizer (dynamic batch) for the runtime's torch backend."""
     s = rec.input_size
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
-    program = torch.export.export(rec.eval(), (torch.zeros(2, 3, s, s),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+    with quiet_exporter():  # torch.export warns about weight grouping and pytree internals
+        program = torch.export.export(rec.eval(), (torch.zeros(2, 3, s, s),), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
