@@ -33,6 +33,7 @@ from .config import TIPIMConfig
 from .diversity import sample_augmentations, sample_jitter
 from .face_region import FaceRegion
 from .mmd import mmd_gradient
+from .parallel import for_row_chunks
 from .targets import TargetBank
 from .warp import BilinearSampler, crop_to_src_matrix
 
@@ -196,10 +197,17 @@ class RuntimeTIPIM:
             if cfg.gamma > 0:
                 _, g_mmd = mmd_gradient(x, x0, sample_augmentations(cfg.mmd_batch, rng), weight=cfg.gamma)
                 grads += g_mmd
-            momenta = self.normalise(grads)
-            momenta += np.float32(cfg.mu) * momentum
-            self.project(self.step(x, momenta, out=candidates), x0, bounds, out=candidates)
-            np.round(candidates, out=rounded)
+            carried = np.float32(cfg.mu) * momentum
+
+            def candidate_rows(lo: int, hi: int, _tag: str) -> None:
+                # per candidate k: normalised gradient + carried momentum, step, projection, rounding
+                m = self.normalise(grads[lo:hi])
+                m += carried
+                self.project(self.step(x, m, out=candidates[lo:hi]), x0, bounds, out=candidates[lo:hi])
+                np.round(candidates[lo:hi], out=rounded[lo:hi])
+
+            for_row_chunks(k, candidate_rows)  # the K candidates' algebra on every core
+            momenta = grads
             clock.lap("other")
             emb = {}
             for e in self.engines:
