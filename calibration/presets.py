@@ -36,7 +36,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "edge": Preset(
         "edge", ("mobileface",), 10, {"steps": 12, "alpha": 2.0},
-        "one fast surrogate, K 10, 12 steps of 2.0: 0.91-1.03 s per face, detection included, on the "
+        "one fast surrogate, K 10, 12 steps of 2.0: 0.7-1.0 s per face, detection included, on the "
         "2-core CPU (ONNX Runtime runtime, the sample photo's 315 px face region)",
     ),
 }
