@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -19,11 +20,20 @@ from edgecloak.errors import ModelError
 from .base import Backend, SurrogateEngine, SurrogateFiles
 
 
+def optional_torch():
+    """torch, loaded only when a torch-backed engine is asked for (raises ImportError without it).
+
+    The runtime package never imports torch at module level (devices have none); the engines that
+    can use it (this backend; TensorRT's buffers) load it through here, on demand.
+    """
+    return importlib.import_module("torch")
+
+
 class TorchEngine(SurrogateEngine):
     """One surrogate's ``torch.export`` program on a device."""
 
     def __init__(self, files: SurrogateFiles, device: str):
-        import torch
+        torch = optional_torch()
 
         super().__init__(files)
         path = files.extra.get("torch")
@@ -64,13 +74,13 @@ class TorchBackend(Backend):
     @classmethod
     def available(cls) -> tuple[bool, str]:
         try:
-            import torch
+            torch = optional_torch()
         except ImportError:
             return False, "torch is not installed (pip install edgecloak[export])"
         return True, f"torch {torch.__version__} ({'cuda' if torch.cuda.is_available() else 'cpu'})"
 
     def _device(self) -> str:
-        import torch
+        torch = optional_torch()
 
         return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -78,6 +88,6 @@ class TorchBackend(Backend):
         return TorchEngine(files, self._device())
 
     def describe(self) -> str:
-        import torch
+        torch = optional_torch()
 
         return f"torch {torch.__version__} [{self._device()}]"

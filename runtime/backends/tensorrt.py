@@ -55,6 +55,7 @@ from edgecloak.errors import EdgecloakError, ModelError
 
 from ..paths import edgecloak_home
 from .base import Backend, SurrogateEngine, SurrogateFiles
+from .pytorch import optional_torch
 
 PRECISIONS = ("fp32", "fp16")
 BUFFER_LIBRARIES = ("auto", "torch", "cuda-python")
@@ -223,7 +224,7 @@ def _cuda_check(result: Any, what: str, cudart: Any) -> Any:
 
 def _probe_torch(device: int) -> CudaInfo:
     try:
-        import torch
+        torch = optional_torch()
     except Exception as exc:
         raise _Unavailable(f"torch not importable ({type(exc).__name__})") from exc
     if not torch.cuda.is_available():
@@ -294,7 +295,7 @@ class _TorchMemory:
     library = "torch"
 
     def __init__(self, device: int):
-        import torch
+        torch = optional_torch()
 
         self._torch = torch
         self.device = torch.device("cuda", device)
@@ -412,15 +413,18 @@ def _open_memory(info: CudaInfo):
 # Build, cache, run
 # --------------------------------------------------------------------------------------------
 
-_LOGGERS: dict[int, Any] = {}
-
 
 def _trt_logger(trt):
-    """One logger per tensorrt module (TensorRT wants a single logger for builder and runtime)."""
-    key = id(trt)
-    if key not in _LOGGERS:
-        _LOGGERS[key] = trt.Logger(trt.Logger.WARNING)
-    return _LOGGERS[key]
+    """One logger per tensorrt module (TensorRT wants a single logger for builder and runtime).
+
+    Kept on the module object itself: a cache keyed by ``id(trt)`` could hand a logger of a
+    collected module to a new one that reuses its address.
+    """
+    logger = getattr(trt, "_edgecloak_logger", None)
+    if logger is None:
+        logger = trt.Logger(trt.Logger.WARNING)
+        setattr(trt, "_edgecloak_logger", logger)
+    return logger
 
 
 def build_serialized_engine(trt, onnx_path: Path, precision: str, max_batch: int,
