@@ -261,3 +261,20 @@ def test_default_bundle_is_reused_until_its_graphs_go_stale():
     fresh = json.loads((path / "manifest.json").read_text())
     assert fresh["surrogates"][0]["graph_keys"]["grad"] != "exported-by-an-older-edgecloak"
     Bundle.load(path)
+
+
+def test_user_target_photos_are_embedded_by_the_runtime(mobileface_bundle, sample_face, tmp_path):
+    from PIL import Image
+
+    from edgecloak.errors import NoFaceError
+    from edgecloak.export.zoo.photos import sample_photo
+
+    image, face = sample_face
+    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+    bank = protector.targets_from_photos([sample_photo()])
+    assert bank.identities == [sample_photo().stem]
+    same = protector.embed_face(image, face.landmarks)["mobileface"][0]
+    assert float(bank.embeddings["mobileface"][0] @ same) > 0.99  # the same photo's face
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(tmp_path / "wall.png")
+    with pytest.raises(NoFaceError):
+        protector.targets_from_photos([tmp_path / "wall.png"])
