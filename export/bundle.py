@@ -185,6 +185,7 @@ def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int = 1
         fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may ask for the same bundle at once
         if path.exists():
             try:
+                # verified here too (not only when the runtime loads it): a damaged cache re-exports
                 if _is_current(Bundle.load(path), num_targets):
                     return path
             except (ModelError, KeyError):

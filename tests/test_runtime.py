@@ -100,9 +100,15 @@ def test_bundle_with_a_missing_or_extra_file_is_refused(mobileface_bundle, tmp_p
 def test_auto_backend_says_what_it_picked_and_why():
     from edgecloak.runtime.backends import select_backend
 
+    from edgecloak.runtime.backends.tensorrt import TensorRTBackend
+
     backend, why = select_backend("auto")
-    assert backend.name == "onnxruntime"  # no TensorRT on this machine
-    assert "skipped tensorrt:" in why
+    trt_ok, trt_reason = TensorRTBackend.available()
+    if trt_ok:
+        assert backend.name == "tensorrt"
+    else:
+        assert backend.name == "onnxruntime"
+        assert f"skipped tensorrt: {trt_reason}" in why
     with pytest.raises(ValueError, match="unknown backend"):
         select_backend("tpu")
 
