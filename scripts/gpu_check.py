@@ -91,6 +91,8 @@ def main() -> int:
     failed = False
     for label, cls, make, strict in candidates:
         ok, why = cls.available()
+        if ok and label == "torch cuda" and "(cuda)" not in why:
+            ok, why = False, f"{why}: no CUDA device"
         if not ok:
             report["rows"].append({"engine": label, "skipped": why})
             continue
@@ -114,8 +116,10 @@ def main() -> int:
             failed = True
         report["rows"].append(row)
 
+    repo = Path(__file__).resolve().parent.parent
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_backend_tensorrt.py",
-                            "tests/test_runtime.py", "-k", "tensorrt or torch"], capture_output=True, text=True)
+                            "tests/test_runtime.py", "-k", "tensorrt or torch"], capture_output=True, text=True,
+                           cwd=repo)
     report["pytest"] = {"returncode": tests.returncode, "tail": tests.stdout[-3000:]}
     failed |= tests.returncode != 0
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
