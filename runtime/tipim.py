@@ -171,14 +171,16 @@ class RuntimeTIPIM:
         limit = (np.float32(cfg.eps) * face.edge_weight_map())[None, None]
         bounds = self.bounds(x0, limit)
         x = x0.copy() if start is None else self.project(np.asarray(start, np.float32), x0, bounds)
-        # buffers for the whole face: nothing below allocates arrays of the region's size per step
+        # the large arrays are allocated once per face and reused by every step
         shape = x0.shape[1:]
         momentum = np.zeros_like(x0)
+        carried = np.zeros_like(x0)
         grads = np.zeros((k, *shape), np.float32)
         pulled = np.zeros((k, *shape), np.float32)
         candidates = np.zeros((k, *shape), np.float32)
         rounded = np.zeros((k, *shape), np.float32)
         x_round = np.zeros_like(x0)
+        candidate_crops = {e.id: np.zeros((k, 3, sizes[e.id], sizes[e.id]), np.float32) for e in self.engines}
         best_x, best_gain = x.copy(), -math.inf
         gains: list[float] = []
         clock.lap("other")
@@ -197,7 +199,7 @@ class RuntimeTIPIM:
             if cfg.gamma > 0:
                 _, g_mmd = mmd_gradient(x, x0, sample_augmentations(cfg.mmd_batch, rng), weight=cfg.gamma)
                 grads += g_mmd
-            carried = np.float32(cfg.mu) * momentum
+            np.multiply(momentum, np.float32(cfg.mu), out=carried)
 
             def candidate_rows(lo: int, hi: int, _tag: str) -> None:
                 # per candidate k: normalised gradient + carried momentum, step, projection, rounding
@@ -207,11 +209,11 @@ class RuntimeTIPIM:
                 np.round(candidates[lo:hi], out=rounded[lo:hi])
 
             for_row_chunks(k, candidate_rows)  # the K candidates' algebra on every core
-            momenta = grads
+            momenta = grads  # normalised in place and momentum added: now the K momenta
             clock.lap("other")
             emb = {}
             for e in self.engines:
-                crops = plain[e.id].forward(rounded)
+                crops = plain[e.id].forward(rounded, out=candidate_crops[e.id])
                 clock.lap("warp")
                 emb[e.id] = e.embed(crops).copy()
                 clock.lap("graphs")
