@@ -1,0 +1,59 @@
+"""The evaluation split: probes, target-optimisation photos and the gallery, deterministically.
+
+The paper's protocol adapted to the shipped photos: the identities with many photos are the users.
+Each identity's photos are ordered by a hash of their file name (deterministic, and independent of
+how the files happen to be named or listed), then cut into
+
+* ``probes``: the first ``probes_per_identity`` photos (the photos that get protected);
+* ``optimisation``: the next ``targets_per_identity`` photos, used ONLY to compute target embeddings
+  when this identity is someone else's target; they are never in any gallery;
+* the rest, which are gallery photos. A probe's gallery is every non-optimisation photo except the
+  probe itself, so the user's other photos (including other probes) are there to be found.
+
+Example:
+    >>> split = split_photos({"a": [Path(f"a{i}.jpg") for i in range(8)]}, 2, 3)
+    >>> len(split.probes["a"]), len(split.optimisation["a"]), len(split.gallery_for(split.probes["a"][0]))
+    (2, 3, 4)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+def _order_key(path: Path) -> str:
+    return hashlib.sha256(Path(path).name.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    """Per identity: probe photos, target-optimisation photos, and all its photos."""
+
+    probes: dict[str, list[Path]]
+    optimisation: dict[str, list[Path]]
+    photos: dict[str, list[Path]]
+
+    def gallery_for(self, probe: Path) -> list[tuple[str, Path]]:
+        """(identity, photo) pairs of the gallery a given probe is searched against."""
+        held_out = {p for paths in self.optimisation.values() for p in paths}
+        return [(name, p) for name, paths in sorted(self.photos.items()) for p in paths
+                if p != probe and p not in held_out]
+
+
+def split_photos(
+    photos: Mapping[str, Sequence[Path]], probes_per_identity: int = 2, targets_per_identity: int = 3
+) -> Split:
+    """Split every identity's photos (see the module notes); identities with too few photos are refused."""
+    need = probes_per_identity + targets_per_identity + 1  # at least one gallery photo besides the probes
+    probes, optimisation, ordered = {}, {}, {}
+    for name, paths in sorted(photos.items()):
+        if len(paths) < need:
+            raise ValueError(f"{name}: {len(paths)} photos, the split needs at least {need}")
+        order = sorted((Path(p) for p in paths), key=_order_key)
+        probes[name] = order[:probes_per_identity]
+        optimisation[name] = order[probes_per_identity:probes_per_identity + targets_per_identity]
+        ordered[name] = order
+    return Split(probes, optimisation, ordered)
