@@ -47,7 +47,8 @@ def _to_3x3(m: np.ndarray) -> np.ndarray:
 
 
 def crop_to_src_matrix(photo_to_crop: np.ndarray, size: int, jitter: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """The crop -> (pooled) source matrix and pool factor that ``FaceView._crop`` would use.
+    """The crop -> (pooled) source matrix and pool factor (the one place for this math: the torch
+    reference's ``FaceView._crop`` calls it too).
 
     ``photo_to_crop`` is ``FaceView.matrices[name]`` (2x3, region-relative photo pixel -> crop pixel),
     ``size`` the crop size and ``jitter`` an optional 3x3 similarity in normalised crop coordinates

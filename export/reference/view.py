@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from edgecloak.runtime.align import CropGeometry  # noqa: F401  (re-exported for
 from edgecloak.runtime.config import Jitter
 from edgecloak.runtime.diversity import sample_jitter
 from edgecloak.runtime.face_region import FaceRegion, to_3x3
+from edgecloak.runtime.warp import crop_to_src_matrix
 
 
 class FaceView(FaceRegion):
@@ -45,20 +45,12 @@ class FaceView(FaceRegion):
 
     def _crop(self, region: torch.Tensor, name: str, jitter: np.ndarray | None) -> torch.Tensor:
         size = self.geometries[name].size
-        m = to_3x3(self.matrices[name])
-        if jitter is not None:
-            # jitter acts in normalised crop coordinates centred on the crop
-            to_unit = np.array([[1 / size, 0, -0.5], [0, 1 / size, -0.5], [0, 0, 1.0]])
-            m = np.linalg.inv(to_unit) @ jitter @ to_unit @ m
-        inv = np.linalg.inv(m)
-        src = region
+        # the same crop -> (pooled) source matrix the runtime's numpy sampler uses
+        inv, factor = crop_to_src_matrix(self.matrices[name], size, jitter)
+        inv = to_3x3(inv)
         # Photo pixels per crop pixel: when a face is much larger than the crop, bilinear sampling
         # would read 4 of every f*f pixels; average-pool first so every pixel gets gradient.
-        factor = int(math.floor(math.sqrt(abs(np.linalg.det(inv[:2, :2])))))
-        if factor >= 2:
-            src = F.avg_pool2d(region, factor, stride=factor, ceil_mode=True)
-            pool = np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1.0]])
-            inv = pool @ inv
+        src = F.avg_pool2d(region, factor, stride=factor, ceil_mode=True) if factor >= 2 else region
         h, w = src.shape[-2:]
         # crop pixel centre (u, v) -> source pixel (x, y) -> grid_sample's [-1, 1] (align_corners=False)
         to_norm = np.array([[2.0 / w, 0, 1.0 / w - 1], [0, 2.0 / h, 1.0 / h - 1], [0, 0, 1.0]])
