@@ -27,6 +27,7 @@ import numpy as np
 
 from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.runtime.image_io import load_image, save_image_atomic
+from edgecloak.runtime.targets import TargetBank
 
 
 @dataclass
@@ -141,11 +142,16 @@ class Cloaker:
             targets = targets.select(range(min(num_targets, targets.size)))
         return cls(protector, targets)
 
-    def protect(self, image: np.ndarray, on_step: Callable[[int], None] | None = None) -> Result:
+    def protect(
+        self, image: np.ndarray, on_step: Callable[[int], None] | None = None, targets: TargetBank | None = None
+    ) -> Result:
         """Protect every detected face of an RGB uint8 image; the input array is not modified.
 
-        Raises ``NoFaceError`` (with path "image") when no face is found.
+        ``targets`` replaces this cloaker's target identities for this photo only (same array type as
+        the protector's: numpy for the runtime, torch for the reference). Raises ``NoFaceError``
+        (with path "image") when no face is found.
         """
+        bank = self.targets if targets is None else targets
         with self._lock:
             faces = self.detector.detect(image)
             if not faces:
@@ -154,7 +160,7 @@ class Cloaker:
             per_face = []
             for face in faces:
                 user = self.protector.embed_face(image, face.landmarks)
-                targets = self.targets.excluding_lookalikes(user)
+                targets = bank.excluding_lookalikes(user)
                 if targets.size == 0:
                     raise ProtectionFailedError("every target identity looks like this face; pass other --target photos")
                 (x0, y0, x1, y1), region, t_index = self.protector.protect_face(

@@ -14,9 +14,9 @@ from typing import Sequence
 from edgecloak import __version__
 from edgecloak.errors import EdgecloakError
 
-from . import bench, export, models, protect
+from . import bench, evaluate, export, models, protect
 
-COMMANDS = (protect.ProtectCommand, export.ExportCommand, bench.BenchCommand, models.ModelsCommand)
+COMMANDS = (protect.ProtectCommand, export.ExportCommand, bench.BenchCommand, evaluate.EvalCommand, models.ModelsCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,12 +59,9 @@ def embed_faces(
     return out
 
 
-def target_bank_from_sources(
-    recognizers: Sequence[Recognizer], detector, sources: Sequence[OnePhotoSource]
-) -> TargetBank:
-    """Embed every identity of the given one-photo sources (faces of a group photo left to right)."""
-    names: list[str] = []
-    faces: list[tuple[np.ndarray, np.ndarray]] = []
+def one_photo_faces(detector, sources: Sequence[OnePhotoSource]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(identity, image, landmarks) of every face of the one-photo sources (group photos left to right)."""
+    out: list[tuple[str, np.ndarray, np.ndarray]] = []
     for src in sources:
         image = load_image(src.path)
         if src.aligned_112:
@@ -73,9 +70,16 @@ def target_bank_from_sources(
             # MTCNN may also report non-faces (a fist in t1.jpg): keep the most confident ones
             found = sorted(detector.detect(image), key=lambda f: -f.score)[: len(src.identities)]
             landmarks_list = [f.landmarks for f in sorted(found, key=lambda f: float(f.box[0]))]
-        names += list(src.identities[: len(landmarks_list)])
-        faces += [(image, lm) for lm in landmarks_list]
-    return TargetBank(names, embed_faces(faces, recognizers))
+        out += [(name, image, lm) for name, lm in zip(src.identities, landmarks_list)]
+    return out
+
+
+def target_bank_from_sources(
+    recognizers: Sequence[Recognizer], detector, sources: Sequence[OnePhotoSource]
+) -> TargetBank:
+    """Embed every identity of the given one-photo sources (faces of a group photo left to right)."""
+    faces = one_photo_faces(detector, sources)
+    return TargetBank([n for n, _, _ in faces], embed_faces([(im, lm) for _, im, lm in faces], recognizers))
 
 
 def default_target_bank(recognizers: Sequence[Recognizer], detector) -> TargetBank:

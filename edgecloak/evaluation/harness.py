@@ -1,0 +1,388 @@
+"""The evaluation run: protect the probe photos with every method, upload-transform them, and score
+them with white-box and black-box recognizers against a gallery (the paper's protocol, adapted).
+
+Protocol (see ``protocol.py`` for the split): the identities with many photos are the users; each
+probe photo of user A is protected towards A's target identities (the other users, embedded from
+their optimisation photos, which are in no gallery) and searched in a gallery of A's other photos,
+every other user's gallery photos and the one-photo identities as distractors. Per method,
+transform and recognizer: Rank-1/5-UT, Rank-1/5-T, verification dodging at the recognizer's own
+threshold at ``far`` on clean impostor pairs, and the re-detection rate; per method: PSNR and SSIM
+of the face crop and the whole photo, and seconds per photo.
+
+Resumable: protected photos are kept under ``out/protected/<method>-<settings hash>/`` and every
+detection and embedding in the cache, so a re-run only computes what is missing.
+
+Example:
+    >>> results = run_evaluation(EvalSettings(out=Path("eval-out"), probes_per_identity=1))  # doctest: +SKIP
+    >>> results["summary"][0]["method"]                                                     # doctest: +SKIP
+    'none'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgecloak.errors import EdgecloakError, UsageError
+
+from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
+from .metrics import psnr, rank_metrics, ssim, threshold_at_far
+from .protocol import split_photos
+from .transforms import UPLOAD_TRANSFORMS, apply_transform
+
+DEFAULT_EVALUATORS = ("mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras")
+MAIN_METHODS = ("none", "noise", "blur", "mifgsm", "tipim-reference", "edge", "paper")
+SWEEP_STEPS = (4, 8, 32)  # with the edge preset's 16
+SWEEP_EPS = (4.0, 8.0, 16.0)  # with the default 12
+
+
+@dataclass
+class EvalSettings:
+    """Everything a run depends on (recorded in results.json)."""
+
+    out: Path
+    probes_per_identity: int = 3
+    targets_per_identity: int = 3
+    identities: Sequence[str] | None = None  # users whose photos are probed (default: all)
+    methods: Sequence[str] = MAIN_METHODS
+    evaluators: Sequence[str] = DEFAULT_EVALUATORS
+    transforms: Sequence[str] = tuple(UPLOAD_TRANSFORMS)
+    sweeps: bool = True
+    seed: int = 0
+    backend: str = "auto"
+    far: float = 0.01
+    cache_dir: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, ProtectionMethod]:
+    """The compared methods by name (see ``methods.py``): baselines, the reference and the presets."""
+    from edgecloak.calibration.presets import preset
+
+    paper, edge = preset("paper"), preset("edge")
+    return {
+        "none": NoProtection(),
+        "noise": NoiseBaseline(eps=12.0),
+        "blur": BlurBaseline(sigma=3.0),
+        "mifgsm": CloakerMethod("mifgsm", paper.surrogates, {**paper.settings, "seed": seed}, backend,
+                                untargeted=True, family="baseline"),
+        # the paper as published: one surrogate, N 50, alpha 1.5, no input diversity, last iterate
+        "tipim-reference": CloakerMethod(
+            "tipim-reference", ("mobileface",),
+            {"steps": 50, "alpha": 1.5, "eps": 12.0, "diversity": None, "keep_best": False, "seed": seed}, "reference"),
+        "edge": CloakerMethod("edge", edge.surrogates, {**edge.settings, "seed": seed}, backend),
+        "paper": CloakerMethod("paper", paper.surrogates, {**paper.settings, "seed": seed}, backend),
+    }
+
+
+def sweep_methods(backend: str = "auto", seed: int = 0) -> list[ProtectionMethod]:
+    """The edge preset at other iteration counts and budgets (protection vs cost and vs eps)."""
+    from edgecloak.calibration.presets import preset
+
+    edge = preset("edge")
+    out: list[ProtectionMethod] = []
+    for steps in SWEEP_STEPS:
+        out.append(CloakerMethod(f"edge-steps{steps}", edge.surrogates, {**edge.settings, "steps": steps, "seed": seed},
+                                 backend, family="sweep", sweep=("steps", steps)))
+    for eps in SWEEP_EPS:
+        out.append(CloakerMethod(f"edge-eps{eps:g}", edge.surrogates, {**edge.settings, "eps": eps, "seed": seed},
+                                 backend, family="sweep", sweep=("eps", eps)))
+    return out
+
+
+@dataclass
+class Probe:
+    identity: str
+    path: Path
+    image: np.ndarray
+    box: np.ndarray
+    landmarks: np.ndarray
+    seed: int
+
+
+@dataclass
+class Gallery:
+    """Clean gallery embeddings per evaluator; ``paths[i]`` is None for distractor faces."""
+
+    labels: np.ndarray
+    paths: list[Path | None]
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _write_json_atomic(path: Path, body: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="photo", disable=not enabled, leave=False)
+
+
+def _versions() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    out: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
+                           "cpus": os.cpu_count()}
+    for pkg in ("edgecloak", "numpy", "onnxruntime", "torch", "opencv-python-headless"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                           timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def _build_gallery(split, evaluators, progress: bool) -> Gallery:
+    from edgecloak.export.reference.targets import one_photo_faces
+    from edgecloak.export.zoo.photos import one_photo_identities
+    from edgecloak.runtime.image_io import load_image
+
+    held_out = {p for paths in split.optimisation.values() for p in paths}
+    labels, paths, rows = [], [], {i: [] for i in evaluators.ids}
+    items = [(n, p) for n, ps in sorted(split.photos.items()) for p in ps if p not in held_out]
+    bar = _progress(len(items), "gallery", progress)
+    for name, path in items:
+        emb, _ = evaluators.embed(load_image(path))
+        bar.update()
+        if emb is None:
+            continue  # no face: not part of the gallery (none of the shipped photos)
+        labels.append(name)
+        paths.append(path)
+        for i in evaluators.ids:
+            rows[i].append(emb[i])
+    bar.close()
+    for name, image, landmarks in one_photo_faces(evaluators.detector, one_photo_identities()):
+        emb = evaluators.embed_face(image, landmarks)
+        labels.append(name)
+        paths.append(None)
+        for i in evaluators.ids:
+            rows[i].append(emb[i])
+    return Gallery(np.array(labels), paths, {i: np.stack(v) for i, v in rows.items()})
+
+
+def _thresholds(gallery: Gallery, far: float) -> dict[str, float]:
+    """Per evaluator: the cosine threshold at ``far`` over all clean impostor pairs of the gallery."""
+    different = gallery.labels[:, None] != gallery.labels[None, :]
+    upper = np.triu(np.ones_like(different), k=1)
+    pairs = different & upper
+    return {i: threshold_at_far((e @ e.T)[pairs], far) for i, e in gallery.embeddings.items()}
+
+
+def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
+    from edgecloak.runtime.image_io import load_image
+
+    probes = []
+    for user in users:
+        for path in split.probes[user]:
+            image = load_image(path)
+            face = evaluators.pick(image, None)
+            if face is None:
+                raise EdgecloakError(f"{path}: no face found in a probe photo")
+            probes.append(Probe(user, path, image, face.box, face.landmarks, zlib.crc32(path.name.encode())))
+    return probes
+
+
+def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path, progress: bool) -> list[dict]:
+    """Protect every probe (or read it back from an earlier run); one record per probe."""
+    from edgecloak.runtime.image_io import save_image_atomic
+
+    folder = out / "protected" / f"{method.name}-{method.key()}"
+    records, prepared = [], False
+    bar = _progress(len(probes), f"protect {method.name}", progress)
+    try:
+        for probe in probes:
+            image_path = folder / probe.identity / f"{probe.path.stem}.png"
+            meta_path = image_path.with_suffix(".json")
+            if not (image_path.exists() and meta_path.exists()):
+                if not prepared:
+                    method.prepare(split.optimisation)
+                    prepared = True
+                failed = None
+                try:
+                    result = method.protect(probe.image, probe.box, probe.identity, probe.seed)
+                    image, target, seconds = result.image, result.target, result.seconds
+                except EdgecloakError as exc:  # counted as unprotected (the user would get no photo)
+                    image, target, seconds, failed = probe.image, None, 0.0, str(exc)
+                x0, y0, x1, y1 = (int(round(v)) for v in probe.box)
+                y0, x0 = max(0, y0), max(0, x0)
+                face0, face1 = probe.image[y0:y1, x0:x1], image[y0:y1, x0:x1]
+                meta = {
+                    "identity": probe.identity, "photo": probe.path.name, "target": target, "seconds": seconds,
+                    "failed": failed, "max_change": int(np.abs(image.astype(int) - probe.image.astype(int)).max()),
+                    "psnr_face": psnr(face0, face1), "ssim_face": ssim(face0, face1),
+                    "psnr_photo": psnr(probe.image, image), "ssim_photo": ssim(probe.image, image),
+                    "backend": getattr(method, "backend_description", None),
+                }
+                image_path.parent.mkdir(parents=True, exist_ok=True)
+                save_image_atomic(image_path, image)
+                _write_json_atomic(meta_path, meta)
+            meta = json.loads(meta_path.read_text())
+            meta["image_path"] = str(image_path.relative_to(out))
+            records.append(meta)
+            bar.update()
+    finally:
+        bar.close()
+        if prepared:
+            method.close()
+    return records
+
+
+def _score(
+    method: ProtectionMethod, records: list[dict], probes: list[Probe], out: Path, transforms: Sequence[str],
+    evaluators, gallery: Gallery, thresholds: dict[str, float], all_identities: Sequence[str], progress: bool,
+) -> tuple[list[dict], list[dict]]:
+    """Metric rows per (transform, evaluator) and per-probe outcomes for one method."""
+    from edgecloak.runtime.image_io import load_image
+
+    per_probe: list[dict] = []
+    outcomes: dict[tuple[str, str], list[dict]] = {}
+    bar = _progress(len(records) * len(transforms), f"score {method.name}", progress)
+    for record, probe in zip(records, probes):
+        protected = load_image(out / record["image_path"])
+        targets = [n for n in all_identities if n != probe.identity]
+        for transform in transforms:
+            image, scale = apply_transform(transform, protected)
+            emb, redetected = evaluators.embed(image, probe.box * scale, probe.landmarks * scale)
+            for eid in evaluators.ids:
+                keep = np.array([p != probe.path for p in gallery.paths])
+                g, labels = gallery.embeddings[eid][keep], gallery.labels[keep]
+                m = rank_metrics(emb[eid][None], [probe.identity], [targets], g, list(labels))
+                scores = g @ emb[eid]
+                order = np.argsort(-scores)
+                genuine = float(scores[labels == probe.identity].max())
+                outcome = {**m, "dodged": float(genuine <= thresholds[eid]), "redetected": float(redetected)}
+                outcomes.setdefault((transform, eid), []).append(outcome)
+                per_probe.append({
+                    "method": method.name, "identity": probe.identity, "photo": probe.path.name,
+                    "transform": transform, "evaluator": eid, "nearest": str(labels[order[0]]),
+                    "genuine_score": genuine, "target": record["target"], **outcome,
+                })
+            bar.update()
+    bar.close()
+    rows = []
+    for (transform, eid), items in outcomes.items():
+        row = {"method": method.name, "transform": transform, "evaluator": eid,
+               "white_box": eid in method.surrogates, "n": len(items)}
+        for k in items[0]:
+            row[k] = float(np.mean([o[k] for o in items]))
+        rows.append(row)
+    return rows, per_probe
+
+
+def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict]) -> list[dict]:
+    """Per transform: white-box and black-box means over evaluators, plus image quality and cost."""
+    out = []
+    quality = {}
+    for k in ("psnr_face", "ssim_face", "psnr_photo", "ssim_photo", "seconds"):
+        finite = [r[k] for r in records if np.isfinite(r[k])]  # PSNR of an unchanged photo is inf
+        quality[k] = float(np.mean(finite)) if finite else None
+    for transform in dict.fromkeys(r["transform"] for r in rows):
+        summary = {"method": method.name, "family": method.family, "transform": transform,
+                   "surrogates": list(method.surrogates), "sweep": list(method.sweep) if method.sweep else None,
+                   "settings": method.settings(), "failed": sum(1 for r in records if r.get("failed")), **quality}
+        for side, flag in (("white_box", True), ("black_box", False)):
+            chosen = [r for r in rows if r["transform"] == transform and r["white_box"] == flag]
+            for k in ("rank1_ut", "rank5_ut", "rank1_t", "rank5_t", "dodged"):
+                summary[f"{side}_{k}"] = float(np.mean([r[k] for r in chosen])) if chosen else None
+        out.append(summary)
+    return out
+
+
+def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the evaluation (resumable), write ``results.json`` into ``settings.out`` and return it."""
+    from edgecloak.export.zoo.photos import identity_photos
+    from edgecloak.runtime.paths import edgecloak_home
+
+    from .evaluators import Evaluators
+
+    started = time.time()
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    catalogue = method_catalogue(settings.backend, settings.seed)
+    unknown = [m for m in settings.methods if m not in catalogue]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(catalogue)}")
+    bad = [t for t in settings.transforms if t not in UPLOAD_TRANSFORMS]
+    if bad:
+        raise UsageError(f"unknown transform(s) {', '.join(bad)}; choose from {', '.join(UPLOAD_TRANSFORMS)}")
+    photos = identity_photos()
+    users = list(settings.identities) if settings.identities else sorted(photos)
+    missing = [u for u in users if u not in photos]
+    if missing:
+        raise UsageError(f"unknown identit(ies) {', '.join(missing)}; choose from {', '.join(sorted(photos))}")
+    split = split_photos(photos, settings.probes_per_identity, settings.targets_per_identity)
+
+    evaluators = Evaluators(settings.evaluators, Path(settings.cache_dir or edgecloak_home() / "eval-cache"))
+    gallery = _build_gallery(split, evaluators, progress)
+    thresholds = _thresholds(gallery, settings.far)
+    probes = _load_probes(split, users, evaluators)
+    log(f"{len(probes)} probes of {len(users)} user(s); gallery {len(gallery.labels)} faces "
+        f"({len(set(gallery.labels))} identities); evaluators {', '.join(evaluators.ids)}")
+
+    methods = [catalogue[m] for m in settings.methods]
+    if settings.sweeps:
+        methods += sweep_methods(settings.backend, settings.seed)
+    rows, summary, per_probe, records_by_method, backends = [], [], [], {}, {}
+    for method in methods:
+        records = _protect_all(method, probes, split, out, progress)
+        transforms = settings.transforms if method.family != "sweep" else ["none"]
+        method_rows, method_probes = _score(method, records, probes, out, transforms, evaluators, gallery, thresholds,
+                                            sorted(photos), progress)
+        rows += method_rows
+        per_probe += method_probes
+        summary += _summaries(method, method_rows, records)
+        records_by_method[method.name] = records
+        backends[method.name] = sorted({r["backend"] for r in records if r.get("backend")})
+        head = next(s for s in summary if s["method"] == method.name and s["transform"] == "none") \
+            if "none" in transforms else summary[-1]
+        log(f"{method.name:>16}: white-box R1-UT {_fmt(head['white_box_rank1_ut'])} R1-T {_fmt(head['white_box_rank1_t'])}"
+            f" | black-box R1-UT {_fmt(head['black_box_rank1_ut'])} R1-T {_fmt(head['black_box_rank1_t'])}"
+            f" | PSNR face {_fmt(head['psnr_face'], 1)} dB, {head['seconds']:.1f} s/photo")
+
+    results = {
+        "settings": settings.to_dict(),
+        "versions": _versions(),
+        "protocol": {
+            "users": users, "probes": [{"identity": p.identity, "photo": p.path.name, "box": [round(float(v), 1) for v in p.box]}
+                       for p in probes],
+            "optimisation_photos": {n: [p.name for p in ps] for n, ps in split.optimisation.items()},
+            "gallery_faces": len(gallery.labels), "gallery_identities": sorted(set(gallery.labels.tolist())),
+            "thresholds_at_far": thresholds, "far": settings.far,
+        },
+        "backends": backends,
+        "summary": summary,
+        "rows": rows,
+        "per_probe": per_probe,
+        "records": records_by_method,
+        "seconds": time.time() - started,
+        "embeddings_computed": evaluators.computed,
+    }
+    _write_json_atomic(out / "results.json", results)
+    return results
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "  - " if v is None else f"{v:.{digits}f}"
