@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -95,3 +97,108 @@ def test_split_of_the_real_identity_photos():
     for name in photos:
         gallery = split.gallery_for(split.probes[name][0])
         assert sum(n == name for n, _ in gallery) >= 1
+
+
+# -- upload transforms and baselines ---------------------------------------------------------------
+def test_upload_transforms_change_pixels_as_uploads_do():
+    from edgecloak.evaluation.transforms import UPLOAD_TRANSFORMS, apply_transform
+
+    rng = np.random.default_rng(1)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (0, 0), 2)
+    for name in UPLOAD_TRANSFORMS:
+        out, scale = apply_transform(name, img)
+        assert out.dtype == np.uint8 and out.shape[2] == 3
+        assert out.shape[:2] == (round(96 * scale), round(128 * scale))
+        if name != "none":
+            assert not np.array_equal(out, img) if scale == 1.0 else scale == 0.5
+    # lower JPEG quality loses more
+    errors = [np.abs(apply_transform(f"jpeg{q}", img)[0].astype(int) - img).mean() for q in (90, 75, 50)]
+    assert errors[0] < errors[1] < errors[2]
+    with pytest.raises(ValueError, match="unknown transform"):
+        apply_transform("jpeg10", img)
+
+
+def test_noise_and_blur_baselines_stay_in_the_face_region():
+    from edgecloak.evaluation.methods import BlurBaseline, NoiseBaseline, face_region
+
+    img = np.full((200, 300, 3), 128, np.uint8)
+    img[::7] = 40  # some texture for the blur to act on
+    box = (100.0, 50.0, 180.0, 150.0)
+    x0, y0, x1, y1 = face_region(box, img.shape)
+    assert (x0, y0, x1, y1) == (80, 25, 200, 175)
+    outside = np.ones(img.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    for method in (NoiseBaseline(eps=12), BlurBaseline(sigma=3)):
+        out = method.protect(img, box, "someone", seed=5).image
+        assert np.array_equal(out[outside], img[outside])
+        assert not np.array_equal(out, img)
+    noisy = NoiseBaseline(eps=12).protect(img, box, "someone", seed=5).image
+    assert np.abs(noisy.astype(int) - img).max() == 12
+    assert np.array_equal(noisy, NoiseBaseline(eps=12).protect(img, box, "x", seed=5).image)  # seeded
+
+
+# -- a small real run, end to end through the CLI ----------------------------------------------------
+QUICK_ARGS = ["--quick", "--identities", "madonna,ben_afflek,mindy_kaling"]
+
+
+@pytest.fixture(scope="module")
+def quick_eval(tmp_path_factory):
+    from edgecloak.cli.main import main
+
+    out = tmp_path_factory.mktemp("eval")
+    cache = out / "cache"
+    assert main(["eval", "-o", str(out), "--cache", str(cache), *QUICK_ARGS]) == 0
+    return out, cache
+
+
+@pytest.mark.slow
+def test_quick_real_run_measures_protection(quick_eval):
+    out, _ = quick_eval
+    results = json.loads((out / "results.json").read_text())
+    probes = results["protocol"]["probes"]
+    assert len(probes) == 3
+    held_out = {p for ps in results["protocol"]["optimisation_photos"].values() for p in ps}
+    assert not held_out & {p["photo"] for p in probes}
+    rows = {(r["method"], r["transform"], r["evaluator"]): r for r in results["rows"]}
+    assert len(rows) == 3 * 2 * 2 and all(r["n"] == 3 for r in rows.values())
+    assert rows[("edge", "none", "mobileface")]["white_box"] and not rows[("edge", "none", "faceres-deep")]["white_box"]
+    # clean photos are recognised; the edge preset moves white-box mobileface off the true identity
+    clean = rows[("none", "none", "mobileface")]
+    protected = rows[("edge", "none", "mobileface")]
+    assert clean["rank1_ut"] <= 1 / 3
+    assert protected["rank1_ut"] >= 2 / 3 and protected["rank1_ut"] > clean["rank1_ut"]
+    summary = {(s["method"], s["transform"]): s for s in results["summary"]}
+    assert summary[("none", "none")]["psnr_face"] is None  # unchanged: infinite PSNR is not averaged
+    assert 25 < summary[("noise", "none")]["psnr_face"] < 40
+    assert 20 < summary[("edge", "none")]["psnr_face"] < summary[("edge", "none")]["psnr_photo"]
+    assert all(r["max_change"] <= 12 for r in results["records"]["edge"])
+    assert results["versions"]["onnxruntime"] and results["settings"]["seed"] == 0
+    # the report: Markdown with the headline table, self-contained HTML, real PNG figures
+    md = (out / "report.md").read_text()
+    assert "| method | surrogates | white-box R1-UT" in md and "edge preset" in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "figures/" not in html
+    grid = cv2.imread(str(out / "figures" / "grid.png"))
+    assert grid is not None and grid.shape[0] > 100
+
+
+@pytest.mark.slow
+def test_quick_run_resumes_from_its_caches(quick_eval, capsys):
+    from edgecloak.cli.main import main
+
+    out, cache = quick_eval
+    photos = sorted((out / "protected").rglob("*.png"))
+    stamps = [p.stat().st_mtime_ns for p in photos]
+    assert main(["eval", "-o", str(out), "--cache", str(cache), *QUICK_ARGS]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["embeddings_computed"] == 0
+    assert [p.stat().st_mtime_ns for p in photos] == stamps  # nothing protected again
+    assert main(["eval", "-o", str(out), "--report-only"]) == 0
+    assert "edge preset" in capsys.readouterr().out
+
+
+def test_eval_refuses_bad_arguments_with_one_line(tmp_path):
+    from edgecloak.cli.main import main
+
+    assert main(["eval", "-o", str(tmp_path), "--report-only"]) != 0
+    assert main(["eval", "-o", str(tmp_path), "--methods", "none,magic", "--no-sweeps"]) != 0
