@@ -341,7 +341,8 @@ def export_embedding_graph(rec: Recognizer, out_path: Path, max_batch: int = 16,
         raise ValueError(f"opset {opset} unsupported (17 or newer)")
     out_path = Path(out_path)
     s = rec.input_size
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # torch.export needs a true range (min < max) and traces at batch 2: a K-1 bundle gets 1..2
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     with quiet_exporter():
         program = torch.onnx.export(rec.eval(), (torch.zeros(2, 3, s, s),), dynamo=True,
                                     opset_version=max(opset, 18), input_names=["x"], output_names=["embedding"],

@@ -129,3 +129,19 @@ def test_embedding_graph_matches_torch_at_every_batch_size(model_id, recognizer)
         (got,) = sess.run(["embedding"], {"x": batch[:b].numpy()})
         assert got.shape == (b, rec.spec.embedding_dim)
         assert float(np.abs(got - want[:b]).max()) <= 1e-5
+
+
+def test_a_one_target_bundle_exports(recognizer, tmp_path):
+    """K 1 (untargeted dodging, a single user-chosen target) once failed: torch.export refuses a batch
+    range 1..1 for the embedding graph."""
+    import onnxruntime as ort
+
+    from edgecloak.export.gradgraph import export_embedding_graph
+
+    rec = recognizer("mobileface")
+    path = export_embedding_graph(rec, tmp_path / "k1.embed.onnx", max_batch=1)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = image_like(rec.input_size)
+    (got,) = sess.run(["embedding"], {"x": x.numpy()})
+    with torch.no_grad():
+        assert float(np.abs(got - rec(x).numpy()).max()) <= 1e-5
