@@ -127,6 +127,7 @@ def _write_json_atomic(path: Path, body: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(body, f, indent=1, default=str)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
     os.replace(tmp, path)
 
 
@@ -333,7 +334,10 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
     missing = [u for u in users if u not in photos]
     if missing:
         raise UsageError(f"unknown identit(ies) {', '.join(missing)}; choose from {', '.join(sorted(photos))}")
-    split = split_photos(photos, settings.probes_per_identity, settings.targets_per_identity)
+    try:
+        split = split_photos(photos, settings.probes_per_identity, settings.targets_per_identity)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; ask for fewer --probes") from None
 
     evaluators = Evaluators(settings.evaluators, Path(settings.cache_dir or edgecloak_home() / "eval-cache"))
     gallery = _build_gallery(split, evaluators, progress)

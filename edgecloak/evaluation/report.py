@@ -21,6 +21,8 @@ import numpy as np
 
 # the issue's bars, reported against (not asserted)
 GOALS = {"white_box_rank1_t": 0.95, "black_box_rank1_ut": 0.80, "psnr_face": 30.0}
+GOAL_NAMES = {"white_box_rank1_t": "white-box Rank-1-T", "black_box_rank1_ut": "black-box Rank-1-UT",
+              "psnr_face": "face PSNR (dB)"}
 DEFAULT_PRESET_METHOD = "paper"  # `edgecloak protect`'s default
 LABELS = {
     "none": "no protection", "noise": "uniform noise (eps 12)", "blur": "Gaussian blur (sigma 3)",
@@ -120,7 +122,7 @@ def _goal_lines(results: dict) -> list[str]:
         for key, bar in GOALS.items():
             v = s.get(key)
             verdict = "not measured" if v is None else ("met" if v >= bar else "NOT met")
-            checks.append(f"{key.replace('_', ' ')} {_cell(v)} vs {bar:g}: {verdict}")
+            checks.append(f"{GOAL_NAMES[key]} {_cell(v)} (goal {bar:g}): {verdict}")
         lines.append(f"{LABELS.get(method, method)}: " + "; ".join(checks) + ".")
     return lines
 
@@ -162,8 +164,8 @@ def _plot_sweep(results: dict, axis: str, path: Path, xlabel: str) -> bool:
         ax2.plot(xs, [p[1]["psnr_face"] for p in points], "k:", label="PSNR face")
         ax2.set_ylabel("PSNR face (dB)")
     else:
-        for x, p in points:
-            ax.annotate(f"{p[1]['seconds']:.1f}s", (x, p[1]["white_box_rank1_t"]), textcoords="offset points",
+        for x, s in points:
+            ax.annotate(f"{s['seconds']:.1f}s", (x, s["white_box_rank1_t"]), textcoords="offset points",
                         xytext=(0, 6), fontsize=7, ha="center")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of probes")
@@ -188,8 +190,10 @@ def _plot_quality(results: dict, path: Path) -> bool:
         ax.scatter(s["psnr_face"], s["black_box_rank1_ut"], color=colour, marker="o")
         if s["white_box_rank1_t"] is not None:
             ax.scatter(s["psnr_face"], s["white_box_rank1_t"], color=colour, marker="x")
-        ax.annotate(s["method"], (s["psnr_face"], s["black_box_rank1_ut"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)
+        # sweep points get short labels (N8, eps8): they crowd around the edge preset
+        label = f"{'N' if s['sweep'][0] == 'steps' else 'eps'}{s['sweep'][1]:g}" if s["sweep"] else s["method"]
+        ax.annotate(label, (s["psnr_face"], s["black_box_rank1_ut"]), textcoords="offset points",
+                    xytext=(4, -9 if s["sweep"] else 3), fontsize=6 if s["sweep"] else 7)
     ax.axvline(GOALS["psnr_face"], color="k", ls=":", lw=1)
     ax.set_xlabel("PSNR of the face crop (dB), higher = less visible")
     ax.set_ylabel("o black-box Rank-1-UT    x white-box Rank-1-T")
@@ -270,6 +274,15 @@ def _plot_grid(results: dict, path: Path, root: Path, rows: int = 4) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+def _backends_line(results: dict) -> str:
+    """Which engine produced which method's photos, grouped (the long 'skipped ...' reasons dropped)."""
+    by_engine: dict[str, list[str]] = {}
+    for method, engines in results["backends"].items():
+        for engine in engines:
+            by_engine.setdefault(engine.split(" (")[0], []).append(method)
+    return "; ".join(f"{engine} for {', '.join(methods)}" for engine, methods in by_engine.items()) or "no engine"
+
+
 def report_blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
     settings, proto, versions = results["settings"], results["protocol"], results["versions"]
     blocks: list[tuple] = [
@@ -279,8 +292,8 @@ def report_blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
               f"{len(proto['gallery_identities'])} identities (the users' other photos and one-photo distractors; "
               f"the {settings['targets_per_identity']} optimisation photos per user are in no gallery). "
               f"Evaluators: {', '.join(settings['evaluators'])}; white-box = the method's own surrogates, "
-              f"black-box = all others (mean over them). Seed {settings['seed']}, backend {settings['backend']} "
-              f"({'; '.join(f'{m}: {b[0]}' for m, b in results['backends'].items() if b)})."),
+              f"black-box = all others (mean over them). Seed {settings['seed']}, backend {settings['backend']}: "
+              f"{_backends_line(results)}."),
         ("p", "Rank-1-UT: the true identity is not ranked first; Rank-1-T: a target identity (another user) is "
               "ranked first; dodged: the probe's best similarity to its own gallery photos is at or below the "
               f"recognizer's threshold at FAR {proto['far']:g} on clean impostor pairs. With 4 other users in the "
