@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgecloak.errors import ModelError, NoFaceError
+from edgecloak.errors import ModelError
 
 from .backends import select_backend
 from .bundle import Bundle
@@ -79,10 +79,7 @@ class RuntimeProtector:
         names, rows = [], {e.id: [] for e in self.engines}
         for photo in photos:
             image = load_image(photo)
-            found = self.detector.detect(image)
-            if not found:
-                raise NoFaceError(str(photo))
-            face = max(found, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+            face = self.detector.largest_face(image, str(photo))
             for sid, emb in self.embed_face(image, face.landmarks).items():
                 rows[sid].append(emb[0])
             names.append(Path(photo).stem)

@@ -202,3 +202,28 @@ def test_eval_refuses_bad_arguments_with_one_line(tmp_path):
 
     assert main(["eval", "-o", str(tmp_path), "--report-only"]) != 0
     assert main(["eval", "-o", str(tmp_path), "--methods", "none,magic", "--no-sweeps"]) != 0
+
+
+@pytest.mark.slow
+def test_untargeted_mifgsm_is_tipim_with_a_zero_target(tmp_path):
+    """The MI-FGSM baseline runs the TIP-IM loop on one all-zero target: the loss becomes -D(x, r),
+    so the face must move away from itself, towards nobody in particular."""
+    from edgecloak.evaluation.methods import CloakerMethod
+    from edgecloak.export.zoo.photos import identity_photos
+    from edgecloak.runtime.image_io import load_image
+
+    photos = identity_photos()
+    method = CloakerMethod("mifgsm", ("mobileface",), {"steps": 6, "alpha": 2.0}, "onnxruntime", untargeted=True)
+    method.prepare({name: paths[:1] for name, paths in photos.items()})
+    try:
+        bank = method.banks["madonna"]
+        assert bank.identities == ["(untargeted)"] and not np.any(bank.embeddings["mobileface"])
+        image = load_image(photos["madonna"][-1])
+        face = method.cloaker.detector.largest_face(image)
+        result = method.protect(image, face.box, "madonna", seed=0)
+        assert result.target is None and np.abs(result.image.astype(int) - image).max() <= 12
+        before = method.cloaker.protector.embed_face(image, face.landmarks)["mobileface"]
+        after = method.cloaker.protector.embed_face(result.image, face.landmarks)["mobileface"]
+        assert float(before[0] @ after[0]) < 0.6  # pushed off its own identity
+    finally:
+        method.close()

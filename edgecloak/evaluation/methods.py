@@ -198,7 +198,6 @@ def identity_embeddings(protector, photos: Mapping[str, Sequence[Path]]) -> Targ
 
     Works with either protector (runtime: numpy; reference: torch); the bank is numpy.
     """
-    from edgecloak.errors import NoFaceError
     from edgecloak.runtime.image_io import load_image
 
     names, rows = [], {}
@@ -206,10 +205,7 @@ def identity_embeddings(protector, photos: Mapping[str, Sequence[Path]]) -> Targ
         per_photo: dict[str, list[np.ndarray]] = {}
         for path in paths:
             image = load_image(path)
-            found = protector.detector.detect(image)
-            if not found:
-                raise NoFaceError(str(path))
-            face = max(found, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+            face = protector.detector.largest_face(image, str(path))
             for sid, emb in protector.embed_face(image, face.landmarks).items():
                 vec = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
                 per_photo.setdefault(sid, []).append(vec[0])

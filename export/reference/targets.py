@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgecloak.errors import NoFaceError
 from edgecloak.export.recognizers import Recognizer
 from edgecloak.export.zoo.photos import OnePhotoSource, one_photo_identities
 from edgecloak.runtime.align import ARCFACE_TEMPLATE_112, CropGeometry
@@ -92,9 +91,6 @@ def target_bank_from_photos(recognizers: Sequence[Recognizer], detector, photos:
     faces: list[tuple[np.ndarray, np.ndarray]] = []
     for photo in photos:
         image = load_image(photo)
-        found = detector.detect(image)
-        if not found:
-            raise NoFaceError(str(photo))
-        face = max(found, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+        face = detector.largest_face(image, str(photo))
         faces.append((image, face.landmarks))
     return TargetBank([Path(p).stem for p in photos], embed_faces(faces, recognizers))

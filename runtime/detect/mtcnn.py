@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edgecloak.errors import ModelError
+from edgecloak.errors import ModelError, NoFaceError
 
 _PNET_CELL = 12
 _PNET_STRIDE = 2
@@ -151,6 +151,17 @@ class MTCNNDetector:
         directory = Path(directory).expanduser()
         paths = [directory / f"{name}.onnx" for name in ("pnet", "rnet", "onet")]
         return cls(*paths, **kwargs)  # type: ignore[arg-type]
+
+    def largest_face(self, rgb: np.ndarray, source: str = "image") -> DetectedFace:
+        """The face with the largest box (the photo's subject); ``NoFaceError(source)`` if none.
+
+        Example:
+            >>> face = detector.largest_face(load_image("me.jpg"), "me.jpg")  # doctest: +SKIP
+        """
+        found = self.detect(rgb)
+        if not found:
+            raise NoFaceError(source)
+        return max(found, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         """All faces in an H x W x 3 uint8 RGB photo, highest score first (ties: left to right).
