@@ -8,12 +8,13 @@ Example:
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Cloaker", "Result", "FaceReport", "__version__"]
+_SDK = ("Cloaker", "Result", "FaceReport", "SafetyPolicy", "WarmStart")
+__all__ = [*_SDK, "__version__"]
 
 
 def __getattr__(name: str):
     # Lazy: `import edgecloak` (and so the CLI's start) stays light until the SDK is used.
-    if name in ("Cloaker", "Result", "FaceReport"):
+    if name in _SDK:
         from edgecloak import cloaker
 
         return getattr(cloaker, name)

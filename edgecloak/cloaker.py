@@ -23,48 +23,158 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 
 from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
+from edgecloak.runtime.face_region import box_iou, grown_box
 from edgecloak.runtime.image_io import load_image, save_image_atomic
 from edgecloak.runtime.targets import TargetBank
 
 
+ON_FAIL_POLICIES = ("drop", "blur-face", "keep")
+
+
+@dataclass(frozen=True)
+class SafetyPolicy:
+    """When a face counts as protected, and what happens to a photo when one is not (fails closed).
+
+    The self-check re-detects every face in the protected photo and embeds it with the surrogates.
+    A face passes when its ``margin``, the surrogate mean of ``cos(protected, target) -
+    cos(protected, original)``, exceeds ``min_margin``: a recognizer shown the user's clean photo
+    and the target would pick the target. A failing face is run again ``retries`` times, each
+    time with twice the previous steps, starting from where it stands (the eps budget is never
+    raised: it is the user's visual promise). Faces whose shorter side is under ``min_face`` px are
+    not cloaked (too few pixels to carry a mask) and count as failed.
+
+    ``on_fail``: ``drop`` (default) raises ``ProtectionFailedError`` and nothing is emitted;
+    ``blur-face`` hides each failing face under a coarse mosaic and blur; ``keep`` emits the photo
+    with the face reported as unprotected. The check uses the surrogates, so it is white-box:
+    unseen recognizers are fooled less often (see README, measured protection).
+
+    Example:
+        >>> SafetyPolicy(on_fail="blur-face").on_fail
+        'blur-face'
+    """
+
+    min_margin: float = 0.0
+    retries: int = 1
+    min_face: int = 32
+    on_fail: str = "drop"
+
+    def __post_init__(self) -> None:
+        if self.on_fail not in ON_FAIL_POLICIES:
+            raise UsageError(f"unknown --on-fail {self.on_fail!r}; choose one of {', '.join(ON_FAIL_POLICIES)}")
+        if self.retries < 0 or self.min_face < 0:
+            raise UsageError("retries and min_face must be >= 0")
+
+
 @dataclass
 class FaceReport:
-    """One protected face: where it is, which target it was pushed to, and how far it moved.
+    """One face: where it is, what was done to it, which target it was pushed to, how far it moved.
 
     ``similarity`` maps surrogate id to cosine similarities measured by re-detecting the face in the
     protected image (as a recognizer downstream would):
     ``{"original_after": cos(protected, unprotected face), "target_before": ..., "target_after": ...}``.
+    ``action``: ``cloaked`` (passed the self-check), ``obscured`` (failed; mosaic, ``--on-fail
+    blur-face``) or ``kept`` (failed; left as it is, ``--on-fail keep``); ``reason`` says why a
+    face failed. ``steps`` counts the iterations the face got, retries included.
     """
 
     box: tuple[float, float, float, float]
     landmarks: list[list[float]]
-    target: str
+    target: str | None
     similarity: dict[str, dict[str, float]] = field(default_factory=dict)
     redetected: bool = True
+    margin: float | None = None
+    action: str = "cloaked"
+    reason: str | None = None
+    steps: int = 0
+    warm_started: bool = False
+
+    @property
+    def protected(self) -> bool:
+        return self.action in ("cloaked", "obscured")
+
+
+@dataclass
+class WarmStart:
+    """What one video frame hands to the next: its mask, and where each face was and went.
+
+    A face of the next frame that overlaps one of ``faces`` (IoU > 0.5) starts from the previous
+    mask, moved with the face, keeps its target (no flicker between identities), and runs ``steps``
+    iterations instead of the full count.
+    """
+
+    delta: np.ndarray  # int16 H x W x 3: protected - original
+    faces: list[tuple[np.ndarray, str]]  # (box, target identity)
+    steps: int
 
 
 @dataclass
 class Result:
-    """The protected photo (HxWx3 uint8 RGB) and one report per face."""
+    """The emitted photo (HxWx3 uint8 RGB) and one report per face."""
 
     image: np.ndarray
     faces: list[FaceReport]
-    max_abs_change: int
+    max_abs_change: int  # over the cloaked pixels (obscured faces excluded)
+    delta: np.ndarray | None = None  # int16 mask of the cloaked faces, for warm starts
 
     @property
     def protected(self) -> bool:
-        return bool(self.faces)
+        """Every face cloaked (passed the self-check) or obscured; False when one was kept unprotected."""
+        return bool(self.faces) and all(f.protected for f in self.faces)
+
+    def warm_start(self, steps: int) -> WarmStart:
+        """The state a following video frame starts from (see ``WarmStart``)."""
+        faces = [(np.asarray(f.box), f.target) for f in self.faces if f.action == "cloaked" and f.target]
+        delta = self.delta if self.delta is not None else np.zeros(self.image.shape, np.int16)
+        return WarmStart(delta, faces, steps)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def obscure(image: np.ndarray, box) -> None:
+    """Hide a face in place: a mosaic of ~8 blocks across the grown box, then a blur."""
+    x0, y0, x1, y1 = grown_box(box, image.shape, margin=0.2)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    patch = image[y0:y1, x0:x1]
+    small = cv2.resize(patch, (8, max(1, round(8 * (y1 - y0) / (x1 - x0)))), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    image[y0:y1, x0:x1] = cv2.GaussianBlur(coarse, (0, 0), max(1.0, (x1 - x0) / 16))
+
+
+@dataclass
+class _FacePlan:
+    """One face's way through ``Cloaker.protect`` (detection -> cloak -> self-check -> retries)."""
+
+    face: object  # DetectedFace
+    user: dict | None = None
+    targets: TargetBank | None = None
+    t_index: int | None = None
+    steps: int = 0
+    last_steps: int = 0
+    warm_started: bool = False
+    similarity: dict = field(default_factory=dict)
+    margin: float | None = None
+    redetected: bool = True
+    reason: str | None = None  # why it could not be cloaked at all
+    action: str = "cloaked"
+
+    def passed(self, policy: SafetyPolicy) -> bool:
+        return self.reason is None and self.margin is not None and self.margin > policy.min_margin
+
+    def failure(self, policy: SafetyPolicy) -> str:
+        return self.reason or f"self-check margin {self.margin:.2f} <= {policy.min_margin:g} after {self.steps} steps"
+
+    def report(self, policy: SafetyPolicy) -> FaceReport:
+        return FaceReport(
+            box=tuple(float(v) for v in self.face.box),
+            landmarks=np.asarray(self.face.landmarks).round(2).tolist(),
+            target=None if self.t_index is None else self.targets.identities[self.t_index],
+            similarity=self.similarity, redetected=self.redetected, margin=self.margin, action=self.action,
+            reason=None if self.passed(policy) else self.failure(policy), steps=self.steps,
+            warm_started=self.warm_started,
+        )
 
 
 class Cloaker:
@@ -74,8 +184,9 @@ class Cloaker:
     from several threads); make one Cloaker per worker to run in parallel.
     """
 
-    def __init__(self, protector, targets=None):
+    def __init__(self, protector, targets=None, policy: SafetyPolicy | None = None):
         self.protector = protector
+        self.policy = policy or SafetyPolicy()
         self.detector = protector.detector
         self.targets = targets if targets is not None else protector.targets
         self.config = protector.config
@@ -95,6 +206,7 @@ class Cloaker:
         surrogates: Sequence[str] | None = None,
         target_photos: Sequence[str | os.PathLike[str]] = (),
         num_targets: int | None = None,
+        policy: SafetyPolicy | None = None,
         **settings,
     ) -> "Cloaker":
         """A cloaker on the torch-free runtime (``bundle``) or on the torch reference.
@@ -104,7 +216,8 @@ class Cloaker:
         ``backend="reference"`` then runs the torch reference on the zoo, and any other backend the
         runtime on the preset's bundle (exported into the cache on first use; needs the export
         extra). ``surrogates`` replaces the preset's; ``num_targets`` keeps the first K target
-        identities; ``target_photos`` replaces them. ``settings`` are ``TIPIMConfig`` fields (eps,
+        identities; ``target_photos`` replaces them. ``policy`` is the self-check and what to do
+        when it fails (default: drop the photo). ``settings`` are ``TIPIMConfig`` fields (eps,
         steps, alpha, mu, norm, gamma, seed, ...) overriding the bundle's or preset's.
 
         Example:
@@ -127,7 +240,7 @@ class Cloaker:
             from edgecloak.runtime.config import TIPIMConfig
 
             protector = ReferenceProtector.load(surrogates, target_photos, num_targets, TIPIMConfig(**settings))
-            return cls(protector)
+            return cls(protector, policy=policy)
         from edgecloak.runtime.protector import RuntimeProtector
 
         if bundle is None:
@@ -140,69 +253,132 @@ class Cloaker:
         targets = protector.targets_from_photos(target_photos) if target_photos else protector.targets
         if num_targets is not None:
             targets = targets.select(range(min(num_targets, targets.size)))
-        return cls(protector, targets)
+        return cls(protector, targets, policy)
 
     def protect(
-        self, image: np.ndarray, on_step: Callable[[int], None] | None = None, targets: TargetBank | None = None
+        self,
+        image: np.ndarray,
+        on_step: Callable[[int], None] | None = None,
+        targets: TargetBank | None = None,
+        warm: WarmStart | None = None,
     ) -> Result:
         """Protect every detected face of an RGB uint8 image; the input array is not modified.
 
+        Every face is cloaked, self-checked and retried per ``self.policy`` (see ``SafetyPolicy``);
+        with ``on_fail="drop"`` a photo with an unprotected face raises ``ProtectionFailedError``.
         ``targets`` replaces this cloaker's target identities for this photo only (same array type as
-        the protector's: numpy for the runtime, torch for the reference). Raises ``NoFaceError``
-        (with path "image") when no face is found.
+        the protector's: numpy for the runtime, torch for the reference). ``warm`` continues from
+        the previous video frame (``Result.warm_start``). Raises ``NoFaceError`` (path "image") when
+        no face is found.
+
+        Example:
+            >>> result = cloaker.protect(load_image("me.jpg"))          # doctest: +SKIP
+            >>> [(f.action, round(f.margin, 2)) for f in result.faces]  # doctest: +SKIP
+            [('cloaked', 0.17)]
         """
         bank = self.targets if targets is None else targets
+        policy = self.policy
         with self._lock:
             faces = self.detector.detect(image)
             if not faces:
                 raise NoFaceError("image")
+            if warm is not None and warm.delta.shape != image.shape:
+                warm = None  # another resolution: start afresh
             current = image.copy()
-            per_face = []
-            for face in faces:
-                user = self.protector.embed_face(image, face.landmarks)
-                targets = bank.excluding_lookalikes(user)
-                if targets.size == 0:
-                    raise ProtectionFailedError("every target identity looks like this face; pass other --target photos")
-                (x0, y0, x1, y1), region, t_index = self.protector.protect_face(
-                    image, current, face.landmarks, targets, on_step=on_step
-                )
-                current[y0:y1, x0:x1] = region
-                per_face.append((user, targets, t_index))
-            out = current
-            max_change = int(np.abs(out.astype(np.int16) - image.astype(np.int16)).max())
+            plans = [_FacePlan(face) for face in faces]
+            for plan in plans:
+                self._first_attempt(plan, image, current, bank, warm, on_step)
+            self._self_check(image, current, plans)
+            for _ in range(policy.retries):
+                failing = [p for p in plans if p.t_index is not None and not p.passed(policy)]
+                if not failing:
+                    break
+                for plan in failing:
+                    self._run(plan, image, current, plan.targets, 2 * plan.last_steps, None)
+                self._self_check(image, current, plans)
+            delta = current.astype(np.int16) - image.astype(np.int16)
+            max_change = int(np.abs(delta).max())
             # Fail closed: the budget is a promise to the user; never emit a photo that breaks it.
             if max_change > int(self.config.eps):
                 raise ProtectionFailedError(f"internal error: change {max_change} exceeds eps {self.config.eps}")
-            if max_change == 0:
+            if max_change == 0 and any(p.t_index is not None for p in plans):
                 raise ProtectionFailedError("the mask rounded away to nothing; nothing was written")
-            reports = self._reports(out, faces, per_face)
-        return Result(image=out, faces=reports, max_abs_change=max_change)
+            failed = [p for p in plans if not p.passed(policy)]
+            if failed and policy.on_fail == "drop":
+                raise ProtectionFailedError(
+                    f"{len(failed)} of {len(plans)} face(s) not protected ({failed[0].failure(policy)}); nothing was "
+                    "written (more --steps or --eps may help; --on-fail blur-face or keep emits the photo anyway)")
+            for plan in failed:
+                if policy.on_fail == "blur-face":
+                    obscure(current, plan.face.box)
+                    plan.action = "obscured"
+                else:
+                    plan.action = "kept"
+            return Result(image=current, faces=[p.report(policy) for p in plans], max_abs_change=max_change, delta=delta)
 
-    def _reports(self, out, faces, per_face) -> list[FaceReport]:
-        """Score the protected photo the way a recognizer downstream would: detect again, align, embed."""
+    def _first_attempt(self, plan: "_FacePlan", image, current, bank: TargetBank, warm, on_step) -> None:
+        box = plan.face.box
+        side = float(min(box[2] - box[0], box[3] - box[1]))
+        if side < self.policy.min_face:
+            plan.reason = f"face too small to cloak ({side:.0f} px < {self.policy.min_face} px)"
+            return
+        plan.user = self.protector.embed_face(image, plan.face.landmarks)
+        targets = bank.excluding_lookalikes(plan.user)
+        if targets.size == 0:
+            plan.reason = "every target identity looks like this face; pass other --target photos"
+            return
+        steps = int(self.config.steps)
+        previous_target = self._warm_region(current, image, plan.face, warm) if warm is not None else None
+        if previous_target is not None and previous_target in targets.identities:
+            targets = targets.select([targets.identities.index(previous_target)])  # same target: no flicker
+            steps, plan.warm_started = warm.steps, True
+        self._run(plan, image, current, targets, steps, on_step)
+
+    def _run(self, plan: "_FacePlan", image, current, targets: TargetBank, steps: int, on_step) -> None:
+        """One TIP-IM pass on a face, from where ``current`` stands; writes its region into ``current``."""
+        (x0, y0, x1, y1), region, t_index = self.protector.protect_face(
+            image, current, plan.face.landmarks, targets, on_step=on_step, steps=steps)
+        current[y0:y1, x0:x1] = region
+        plan.targets, plan.t_index = targets, t_index
+        plan.steps += steps
+        plan.last_steps = steps
+
+    def _warm_region(self, current: np.ndarray, image: np.ndarray, face, warm: WarmStart) -> str | None:
+        """Move the previous frame's mask of the same face onto this one; its target, or None."""
+        match = max(warm.faces, key=lambda f: box_iou(f[0], face.box), default=None)
+        if match is None or box_iou(match[0], face.box) <= 0.5:
+            return None
+        prev_box, target = match
+        shift = np.float32([[1, 0, (face.box[0] + face.box[2] - prev_box[0] - prev_box[2]) / 2],
+                            [0, 1, (face.box[1] + face.box[3] - prev_box[1] - prev_box[3]) / 2]])
+        h, w = image.shape[:2]
+        moved = cv2.warpAffine(warm.delta.astype(np.float32), shift, (w, h), flags=cv2.INTER_NEAREST)
+        x0, y0, x1, y1 = grown_box(face.box, image.shape, margin=0.5)
+        eps = float(np.floor(self.config.eps))
+        start = image[y0:y1, x0:x1].astype(np.float32) + np.clip(moved[y0:y1, x0:x1], -eps, eps)
+        current[y0:y1, x0:x1] = np.clip(start, 0, 255).astype(np.uint8)
+        return target
+
+    def _self_check(self, image: np.ndarray, out: np.ndarray, plans: list["_FacePlan"]) -> None:
+        """Score the protected photo as a recognizer downstream would: detect again, align, embed."""
         found = self.detector.detect(out)
-        reports = []
-        for face, (user, targets, t_index) in zip(faces, per_face):
-            match = max(found, key=lambda f: _iou(f.box, face.box), default=None)
-            redetected = match is not None and _iou(match.box, face.box) > 0.3
-            landmarks = match.landmarks if redetected else face.landmarks
-            after = self.protector.embed_face(out, landmarks)
-            sims = {}
+        for plan in plans:
+            if plan.t_index is None:
+                continue
+            face = plan.face
+            match = max(found, key=lambda f: box_iou(f.box, face.box), default=None)
+            plan.redetected = match is not None and box_iou(match.box, face.box) > 0.3
+            after = self.protector.embed_face(out, match.landmarks if plan.redetected else face.landmarks)
+            sims, margins = {}, []
             for sid in self.protector.surrogate_ids:
-                t = targets.embeddings[sid][t_index]
+                t = plan.targets.embeddings[sid][plan.t_index]
                 sims[sid] = {
-                    "original_after": float(after[sid][0] @ user[sid][0]),
-                    "target_before": float(user[sid][0] @ t),
+                    "original_after": float(after[sid][0] @ plan.user[sid][0]),
+                    "target_before": float(plan.user[sid][0] @ t),
                     "target_after": float(after[sid][0] @ t),
                 }
-            reports.append(FaceReport(
-                box=tuple(float(v) for v in face.box),
-                landmarks=np.asarray(face.landmarks).round(2).tolist(),
-                target=targets.identities[t_index],
-                similarity=sims,
-                redetected=redetected,
-            ))
-        return reports
+                margins.append(sims[sid]["target_after"] - sims[sid]["original_after"])
+            plan.similarity, plan.margin = sims, float(np.mean(margins))
 
     def protect_file(
         self,

@@ -24,6 +24,33 @@ import numpy as np
 from .align import CropGeometry, alignment_matrix
 
 
+def grown_box(box, shape: tuple[int, ...], margin: float = 0.25) -> tuple[int, int, int, int]:
+    """A detection box grown by ``margin`` of its size on each side, clipped to the image: (x0, y0, x1, y1).
+
+    Example:
+        >>> grown_box((100, 50, 180, 150), (200, 300, 3))
+        (80, 25, 200, 175)
+    """
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    h, w = shape[:2]
+    return (max(0, int(x0 - mx)), max(0, int(y0 - my)), min(w, int(math.ceil(x1 + mx))), min(h, int(math.ceil(y1 + my))))
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes (0 when they do not touch).
+
+    Example:
+        >>> box_iou((0, 0, 2, 2), (1, 0, 3, 2))
+        0.3333333333333333
+    """
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 def to_3x3(m: np.ndarray) -> np.ndarray:
     """A 2x3 affine as its 3x3 homogeneous matrix."""
     return np.vstack([m, [0.0, 0.0, 1.0]])

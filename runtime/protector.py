@@ -92,11 +92,13 @@ class RuntimeProtector:
         landmarks: np.ndarray,
         targets: TargetBank,
         on_step: Callable[[int], None] | None = None,
+        steps: int | None = None,
     ) -> tuple[tuple[int, int, int, int], np.ndarray, int]:
         """Protect one face: (box, protected region HxWx3 uint8, index of the target in ``targets``).
 
         ``original`` is the unprotected photo (the budget is around it), ``current`` the photo with
-        earlier faces already protected (where this face's loop starts).
+        earlier faces already protected, or a warm start (where this face's loop starts).
+        ``steps`` overrides the iteration count for this face (retries, warm-started video frames).
         """
         face = self._face(landmarks, original.shape[:2])
         x0, y0, x1, y1 = face.box
@@ -104,7 +106,7 @@ class RuntimeProtector:
         def region(img: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(img[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
 
-        loop = RuntimeTIPIM(self.engines, self.config)
+        loop = RuntimeTIPIM(self.engines, self.config if steps is None else replace(self.config, steps=steps))
         k = min(targets.size, loop.max_targets)
         result = loop.run(region(original), face, targets.select(range(k)), start=region(current), on_step=on_step)
         self.last_result = result

@@ -11,7 +11,7 @@ from edgecloak.calibration.presets import PRESETS
 from edgecloak.errors import EdgecloakError, OutputError, UsageError
 from edgecloak.runtime.backends import BACKENDS
 
-from .settings import add_settings_arguments, settings_from
+from .settings import add_policy_arguments, add_settings_arguments, policy_from, settings_from
 
 
 class ProtectCommand:
@@ -35,6 +35,7 @@ class ProtectCommand:
                        help="a target identity photo (repeatable); default: the 10 shipped identities")
         p.add_argument("-k", "--num-targets", type=int, default=None, help="use the first K targets (paper: 10)")
         add_settings_arguments(p)
+        add_policy_arguments(p)
         p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
         p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when --format jpg")
         p.add_argument("--json", type=Path, default=None, help="also write the per-face summary as JSON here")
@@ -61,7 +62,8 @@ class ProtectCommand:
 
         surrogates = args.surrogates.split(",") if args.surrogates else None
         cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, preset=args.preset, surrogates=surrogates,
-                               target_photos=args.target, num_targets=args.num_targets, **settings_from(args))
+                               target_photos=args.target, num_targets=args.num_targets, policy=policy_from(args),
+                               **settings_from(args))
         print(f"backend: {cloaker.backend}")
 
         summary, exit_code = [], 0
@@ -85,8 +87,10 @@ class ProtectCommand:
             note = f" (JPEG quality {args.jpeg_quality})" if args.format == "jpg" else " (lossless PNG)"
             print(f"{photo} -> {dest}{note}: {len(result.faces)} face(s), max pixel change {result.max_abs_change}")
             for i, face in enumerate(result.faces):
-                print(f"  face {i} box={tuple(round(v) for v in face.box)} target={face.target}"
-                      + ("" if face.redetected else " (not re-detected after cloaking)"))
+                state = "" if face.action == "cloaked" else f" {face.action.upper()}: {face.reason}"
+                margin = "" if face.margin is None else f" margin={face.margin:+.2f}"
+                print(f"  face {i} box={tuple(round(v) for v in face.box)} target={face.target}{margin}"
+                      f" steps={face.steps}{state}" + ("" if face.redetected else " (not re-detected after cloaking)"))
                 for model, s in face.similarity.items():
                     print(f"    {model:<14} sim(original) 1.00 -> {s['original_after']:.2f}   "
                           f"sim(target) {s['target_before']:.2f} -> {s['target_after']:.2f}")

@@ -40,3 +40,21 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_diversity:
         out["diversity"] = None
     return out
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --on-fail --min-margin --retries --min-face (the self-check, see ``SafetyPolicy``)."""
+    parser.add_argument("--on-fail", choices=("drop", "blur-face", "keep"), default="drop",
+                        help="a face that fails the self-check: drop the photo (default), hide the face "
+                             "under a mosaic, or keep it as is")
+    parser.add_argument("--min-margin", type=float, default=0.0,
+                        help="self-check: surrogate mean of cos(target) - cos(original) a face must exceed (default 0)")
+    parser.add_argument("--retries", type=int, default=1, help="re-runs of a failing face, each with twice the steps")
+    parser.add_argument("--min-face", type=int, default=32, help="faces smaller than this (px) count as failed")
+
+
+def policy_from(args: argparse.Namespace):
+    """The ``SafetyPolicy`` the user asked for."""
+    from edgecloak.cloaker import SafetyPolicy
+
+    return SafetyPolicy(min_margin=args.min_margin, retries=args.retries, min_face=args.min_face, on_fail=args.on_fail)

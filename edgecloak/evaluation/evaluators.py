@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from edgecloak.runtime.face_region import box_iou as iou
+
 # Bump when what is cached changes meaning (alignment, detector post-processing, ...).
 CACHE_VERSION = 1
 
@@ -46,14 +48,6 @@ def image_digest(image: np.ndarray) -> str:
     h = hashlib.sha256(str(image.shape).encode())
     h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

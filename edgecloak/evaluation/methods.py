@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from edgecloak.runtime.face_region import grown_box as face_region
 from edgecloak.runtime.targets import TargetBank
 
 
@@ -39,14 +40,6 @@ class Protected:
     image: np.ndarray
     target: str | None
     seconds: float
-
-
-def face_region(box: Sequence[float], shape: tuple[int, ...], margin: float = 0.25) -> tuple[int, int, int, int]:
-    """The face box grown by ``margin`` of its size on each side, clipped to the image (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = (float(v) for v in box[:4])
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    h, w = shape[:2]
-    return (max(0, int(x0 - mx)), max(0, int(y0 - my)), min(w, int(np.ceil(x1 + mx))), min(h, int(np.ceil(y1 + my))))
 
 
 class ProtectionMethod:

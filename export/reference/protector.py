@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -70,15 +71,16 @@ class ReferenceProtector:
         return embed_face(image, landmarks, self.recognizers)
 
     def protect_face(self, original, current, landmarks, targets: TargetBank,
-                     on_step: Callable[[int], None] | None = None):
+                     on_step: Callable[[int], None] | None = None, steps: int | None = None):
         """(box, protected region HxWx3 uint8, target index), see ``RuntimeProtector.protect_face``."""
+        config = self.config if steps is None else replace(self.config, steps=steps)
         view = FaceView.around(landmarks, original.shape[:2], geometries_of(self.recognizers))
         x0, y0, x1, y1 = view.box
 
         def region(img: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(img[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
 
-        result = TIPIM(self.recognizers, self.config, self.per_target_passes).run(region(original), view, targets,
+        result = TIPIM(self.recognizers, config, self.per_target_passes).run(region(original), view, targets,
                                                          start=region(current), on_step=on_step)
         return view.box, result.region[0].permute(1, 2, 0).numpy().astype(np.uint8), result.target_index
 
