@@ -26,8 +26,9 @@ def test_protect_writes_a_protected_lossless_photo_and_a_summary(tmp_path):
     shutil.copy(sample_photo(), photo)
     original_bytes = photo.read_bytes()
     out = tmp_path / "out"
+    # 5 steps rarely pass the self-check: keep the face anyway, this test is about the output itself
     done = run_cli("protect", str(photo), "-o", str(out), "--steps", "5", "--surrogates", "mobileface",
-                   "--json", str(tmp_path / "summary.json"))
+                   "--on-fail", "keep", "--json", str(tmp_path / "summary.json"))
     assert done.returncode == 0, done.stderr
     assert photo.read_bytes() == original_bytes  # the original is untouched
     written = out / "hopper.png"
@@ -99,8 +100,11 @@ def edge_bundle(tmp_path_factory):
 @pytest.mark.slow
 def test_export_then_protect_with_the_bundle_on_the_runtime(edge_bundle, tmp_path):
     out = tmp_path / "out"
-    done = run_cli("protect", "--bundle", str(edge_bundle), "--sample", "-o", str(out), "--backend", "auto")
+    # the bundle was exported with 3 steps (fast); 16 (the edge preset's) pass the self-check, after a retry
+    done = run_cli("protect", "--bundle", str(edge_bundle), "--sample", "-o", str(out), "--backend", "auto",
+                   "--steps", "16")
     assert done.returncode == 0, done.stderr
+    assert "margin=+" in done.stdout
     assert "backend: onnxruntime" in done.stdout and "auto" in done.stdout
     after = load_image(out / "grace_hopper.png")
     diff = np.abs(after.astype(int) - load_image(sample_photo()).astype(int))

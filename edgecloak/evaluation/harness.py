@@ -224,9 +224,9 @@ def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path
                 failed = None
                 try:
                     result = method.protect(probe.image, probe.box, probe.identity, probe.seed)
-                    image, target, seconds = result.image, result.target, result.seconds
+                    image, target, seconds, self_check = result.image, result.target, result.seconds, result.self_check
                 except EdgecloakError as exc:  # counted as unprotected (the user would get no photo)
-                    image, target, seconds, failed = probe.image, None, 0.0, str(exc)
+                    image, target, seconds, failed, self_check = probe.image, None, 0.0, str(exc), None
                 x0, y0, x1, y1 = (int(round(v)) for v in probe.box)
                 y0, x0 = max(0, y0), max(0, x0)
                 face0, face1 = probe.image[y0:y1, x0:x1], image[y0:y1, x0:x1]
@@ -235,7 +235,7 @@ def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path
                     "failed": failed, "max_change": int(np.abs(image.astype(int) - probe.image.astype(int)).max()),
                     "psnr_face": psnr(face0, face1), "ssim_face": ssim(face0, face1),
                     "psnr_photo": psnr(probe.image, image), "ssim_photo": ssim(probe.image, image),
-                    "backend": getattr(method, "backend_description", None),
+                    "backend": getattr(method, "backend_description", None), "self_check": self_check,
                 }
                 image_path.parent.mkdir(parents=True, exist_ok=True)
                 save_image_atomic(image_path, image)
@@ -301,7 +301,9 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict]) 
         finite = [r[k] for r in records if np.isfinite(r[k])]  # PSNR of an unchanged photo is inf
         quality[k] = float(np.mean(finite)) if finite else None
     for transform in dict.fromkeys(r["transform"] for r in rows):
+        checks = [r["self_check"] for r in records if r.get("self_check") is not None]
         summary = {"method": method.name, "family": method.family, "transform": transform,
+                   "self_check_passed": float(np.mean(checks)) if checks else None,
                    "surrogates": list(method.surrogates), "sweep": list(method.sweep) if method.sweep else None,
                    "settings": method.settings(), "failed": sum(1 for r in records if r.get("failed")), **quality}
         for side, flag in (("white_box", True), ("black_box", False)):

@@ -40,6 +40,7 @@ class Protected:
     image: np.ndarray
     target: str | None
     seconds: float
+    self_check: bool | None = None  # whether the SDK's self-check passed the scored face (TIP-IM only)
 
 
 class ProtectionMethod:
@@ -149,16 +150,19 @@ class CloakerMethod(ProtectionMethod):
                 "untargeted": self.untargeted}
 
     def prepare(self, target_photos):
-        from edgecloak.cloaker import Cloaker
+        from edgecloak.cloaker import Cloaker, SafetyPolicy
 
         num_targets = 1 if self.untargeted else max(1, len(target_photos) - 1)
+        # the method as configured: no self-check retries (N stays N), every photo emitted and scored
+        policy = SafetyPolicy(retries=0, on_fail="keep")
         if self.backend == "reference":
-            self.cloaker = Cloaker.load(backend="reference", surrogates=list(self.surrogates), **self.config)
+            self.cloaker = Cloaker.load(backend="reference", surrogates=list(self.surrogates), policy=policy,
+                                        **self.config)
         else:
             from edgecloak.export.bundle import default_bundle
 
             bundle = default_bundle(list(self.surrogates), num_targets)
-            self.cloaker = Cloaker.load(bundle=bundle, backend=self.backend, **self.config)
+            self.cloaker = Cloaker.load(bundle=bundle, backend=self.backend, policy=policy, **self.config)
         identities = identity_embeddings(self.cloaker.protector, target_photos)
         self.banks = {}
         for user in target_photos:
@@ -178,7 +182,9 @@ class CloakerMethod(ProtectionMethod):
         seconds = time.perf_counter() - t0
         # the report's target is the one of the face the evaluation scores (the largest)
         face = max(result.faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        return Protected(result.image, None if self.untargeted else face.target, seconds)
+        if self.untargeted:  # no target, so no margin to check
+            return Protected(result.image, None, seconds)
+        return Protected(result.image, face.target, seconds, face.action == "cloaked")
 
     def close(self):
         if self.cloaker is not None:
