@@ -42,8 +42,10 @@ class SafetyPolicy:
     The self-check re-detects every face in the protected photo and embeds it with the surrogates.
     A face passes when its ``margin``, the surrogate mean of ``cos(protected, target) -
     cos(protected, original)``, exceeds ``min_margin``: a recognizer shown the user's clean photo
-    and the target would pick the target. A failing face is run again ``retries`` times, each
-    time with twice the previous steps, starting from where it stands (the eps budget is never
+    and the target would pick the target. The protected face is found again by the detector, as a
+    recognizer downstream would (a mask that shifts the detector's landmarks counts against it). A
+    failing face is run again ``retries`` times, each time with twice the previous steps (at least
+    the configured steps), starting from where it stands (the eps budget is never
     raised: it is the user's visual promise). Faces whose shorter side is under ``min_face`` px are
     not cloaked (too few pixels to carry a mask) and count as failed.
 
@@ -293,8 +295,8 @@ class Cloaker:
                 failing = [p for p in plans if p.t_index is not None and not p.passed(policy)]
                 if not failing:
                     break
-                for plan in failing:
-                    self._run(plan, image, current, plan.targets, 2 * plan.last_steps, None)
+                for plan in failing:  # twice the last pass, and never fewer than a full pass
+                    self._run(plan, image, current, plan.targets, max(2 * plan.last_steps, int(self.config.steps)), None)
                 self._self_check(image, current, plans)
             delta = current.astype(np.int16) - image.astype(np.int16)
             max_change = int(np.abs(delta).max())

@@ -58,3 +58,9 @@ class UsageError(EdgecloakError):
     """The command line asks for something impossible."""
 
     exit_code = 2
+
+
+class CameraError(EdgecloakError):
+    """A camera, video file or stream could not be opened, or was lost while capturing."""
+
+    exit_code = 8

@@ -143,3 +143,37 @@ def test_bench_prints_json_and_a_table(tmp_path):
     assert runtime["max_diff_vs_reference"] <= 1  # the runtime protects like the reference
     assert rows["reference-paper"]["speedup_vs_paper"] == 1.0
     assert "x paper" in done.stdout and "runtime/onnxruntime" in done.stdout
+
+
+@pytest.mark.slow
+def test_disk_full_and_unwritable_outputs_leave_nothing_and_say_so(tmp_path):
+    """A full disk is simulated with RLIMIT_FSIZE (writes past 64 KiB fail with EFBIG, as ENOSPC would);
+    an unwritable place with /proc (root may write anywhere else)."""
+    import resource
+    import signal
+
+    from edgecloak.export.bundle import default_bundle
+
+    default_bundle(["mobileface"], 10)  # exported before the limit, which would stop its own writes
+    photo = tmp_path / "in" / "hopper.jpg"
+    photo.parent.mkdir()
+    shutil.copy(sample_photo(), photo)
+    original = photo.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the error, not the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run([sys.executable, "-m", "edgecloak.cli.main", "protect", str(photo), "-o", str(out),
+                           "--preset", "edge", "--steps", "2", "--on-fail", "keep"],
+                          capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
+    assert done.returncode == 5, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("edgecloak: error:")]
+    assert len(errors) == 1 and "could not write" in errors[0] and "free space" in errors[0]
+    assert not list(out.iterdir()) and photo.read_bytes() == original
+
+    done = run_cli("protect", str(photo), "-o", "/proc/edgecloak-out", "--preset", "edge", "--steps", "2")
+    assert done.returncode == 5 and "cannot create the output folder" in done.stderr
+    assert photo.read_bytes() == original

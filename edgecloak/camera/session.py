@@ -1,0 +1,195 @@
+"""A capture session: frames in, cloaked frames out, until the video ends, the camera is lost, or
+a signal asks to stop.
+
+Modes: ``continuous`` cloaks every frame; ``snapshot`` cloaks a frame every ``every`` frames, when
+``trigger_file`` appears (it is then removed), or on SIGUSR1. A frame that continues the previous
+emitted one (at most ``warm_gap`` frames later) warm-starts each face from the previous mask,
+with ``warm_steps`` iterations and the same target. Frames whose faces fail the self-check follow
+the cloaker's ``SafetyPolicy`` (dropped by default); frames with no face are not emitted (nothing
+vouches for them). SIGINT/SIGTERM finish the frame in hand (writes are atomic), drain the upload
+queue for ``drain_timeout`` seconds, and leave the rest pending for the next run.
+
+Example:
+    >>> summary = CameraSession(cloaker, RunSettings(source="clip.mp4", outbox=Path("out"))).run()  # doctest: +SKIP
+    >>> summary["emitted"], summary["fps"]                                                         # doctest: +SKIP
+    (12, 1.4)
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgecloak.errors import CameraError, NoFaceError, ProtectionFailedError, UsageError
+
+from .outbox import Outbox, write_json_atomic
+from .source import FrameSource
+from .upload import Uploader
+
+
+@dataclass
+class RunSettings:
+    """What ``edgecloak run`` was asked to do (recorded in each sidecar's ``run`` section)."""
+
+    source: str
+    outbox: Path
+    mode: str = "snapshot"  # or "continuous"
+    every: int | None = None  # snapshot: every Nth frame (default 30 when no trigger is given)
+    trigger_file: Path | None = None
+    max_frames: int | None = None  # stop after reading this many frames
+    warm_steps: int | None = None  # default: a quarter of the cloaker's steps, at least 2
+    warm_gap: int = 5
+    fmt: str = "png"
+    jpeg_quality: int | None = None
+    upload_cmd: str | None = None
+    queue_size: int = 8
+    drain_timeout: float = 30.0
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("snapshot", "continuous"):
+            raise UsageError(f"unknown mode {self.mode!r}; choose snapshot or continuous")
+        if self.every is not None and self.every < 1:
+            raise UsageError("--every must be >= 1")
+        if self.mode == "snapshot" and self.every is None and self.trigger_file is None:
+            self.every = 30
+
+
+class CameraSession:
+    """Runs one capture session with a ``Cloaker`` (single-threaded capture; uploads in the background)."""
+
+    def __init__(self, cloaker, settings: RunSettings, log: Callable[[str], None] = print):
+        self.cloaker, self.settings, self.log = cloaker, settings, log
+        self.warm_steps = settings.warm_steps or max(2, int(cloaker.config.steps) // 4)
+        self._stop_reason: str | None = None
+        self._snapshot = threading.Event()
+
+    # -- signals --------------------------------------------------------------------------
+    def _on_stop(self, signum, _frame) -> None:
+        if self._stop_reason is not None:  # a second Ctrl-C: stop now (writes are atomic anyway)
+            raise KeyboardInterrupt
+        self._stop_reason = f"signal {signal.Signals(signum).name}"
+
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: self._snapshot.set())
+        return previous
+
+    # -- the loop -------------------------------------------------------------------------
+    def _wanted(self, index: int) -> bool:
+        s = self.settings
+        if s.mode == "continuous":
+            return True
+        if self._snapshot.is_set():
+            self._snapshot.clear()
+            return True
+        if s.trigger_file is not None and s.trigger_file.exists():
+            s.trigger_file.unlink(missing_ok=True)
+            return True
+        return s.every is not None and index % s.every == 0
+
+    def run(self) -> dict[str, Any]:
+        """Capture until the end, a loss or a signal; returns (and logs) the session summary."""
+        s = self.settings
+        outbox = Outbox(s.outbox, s.fmt, s.jpeg_quality)
+        source = FrameSource(s.source)
+        uploader = Uploader(s.upload_cmd, outbox, s.queue_size) if s.upload_cmd else None
+        if uploader is not None:
+            left = uploader.resume()
+            if left:
+                self.log(f"resuming {left} pending upload(s)")
+        previous_signals = self._install_signals()
+        counts = {"read": 0, "emitted": 0, "dropped": 0, "no_face": 0, "warm_started_faces": 0, "faces": 0}
+        busy = 0.0
+        warm, last_emitted = None, None
+        started = time.perf_counter()
+        try:
+            while self._stop_reason is None:
+                if s.max_frames is not None and counts["read"] >= s.max_frames:
+                    self._stop_reason = "max frames"
+                    break
+                frame = source.read()
+                if frame is None:
+                    self._stop_reason = "camera lost" if source.live else "end of video"
+                    break
+                counts["read"] += 1
+                if not self._wanted(counts["read"]):
+                    continue
+                if last_emitted is None or counts["read"] - last_emitted > s.warm_gap:
+                    warm = None
+                t0 = time.perf_counter()
+                try:
+                    result = self.cloaker.protect(frame, warm=warm)
+                except NoFaceError:
+                    counts["no_face"] += 1
+                    continue
+                except ProtectionFailedError as err:
+                    counts["dropped"] += 1
+                    self.log(f"frame {counts['read']}: dropped: {err}")
+                    continue
+                seconds = time.perf_counter() - t0
+                busy += seconds
+                path = outbox.write(result.image, self._sidecar(counts["read"], result, seconds, warm is not None))
+                counts["emitted"] += 1
+                counts["faces"] += len(result.faces)
+                counts["warm_started_faces"] += sum(f.warm_started for f in result.faces)
+                if uploader is not None:
+                    uploader.submit(path)
+                if s.preview:
+                    self._show(result.image)
+                warm, last_emitted = result.warm_start(self.warm_steps), counts["read"]
+        finally:
+            wall = time.perf_counter() - started
+            source.close()
+            for sig, handler in previous_signals.items():
+                signal.signal(sig, handler)
+            uploads = uploader.close(s.drain_timeout) if uploader is not None else None
+            if s.preview:
+                self._close_preview()
+        summary = {
+            "stopped": self._stop_reason, **counts, "seconds": round(wall, 3),
+            "fps": round(counts["emitted"] / wall, 3) if wall > 0 else None,
+            "cloak_seconds_per_frame": round(busy / counts["emitted"], 3) if counts["emitted"] else None,
+            "uploads": uploads, "backend": self.cloaker.backend, "outbox": str(outbox.folder),
+        }
+        write_json_atomic(outbox.folder / f"session-{time.strftime('%Y%m%d-%H%M%S')}.json", summary)
+        if self._stop_reason == "camera lost":
+            raise CameraError(f"{s.source}: the camera or stream was lost after {counts['read']} frame(s); "
+                              f"{counts['emitted']} cloaked frame(s) are in {outbox.folder}")
+        return summary
+
+    def _sidecar(self, index: int, result, seconds: float, warm: bool) -> dict[str, Any]:
+        cfg = self.cloaker.config
+        return {
+            "frame": index, "source": self.settings.source, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "backend": self.cloaker.backend, "seconds": round(seconds, 3), "warm_start": warm,
+            "protected": result.protected, "max_abs_change": result.max_abs_change,
+            "settings": {"eps": cfg.eps, "steps": cfg.steps, "warm_steps": self.warm_steps},
+            "policy": asdict(self.cloaker.policy),
+            "faces": [{k: v for k, v in vars(f).items()} for f in result.faces],
+        }
+
+    def _show(self, image) -> None:
+        import cv2
+
+        try:
+            cv2.imshow("edgecloak (cloaked)", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.waitKey(1)
+        except cv2.error:
+            self.log("no display support here (headless OpenCV); preview turned off")
+            self.settings.preview = False
+
+    @staticmethod
+    def _close_preview() -> None:
+        import cv2
+
+        try:
+            cv2.destroyAllWindows()
+        except cv2.error:
+            pass
