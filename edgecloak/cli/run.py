@@ -36,7 +36,8 @@ class RunCommand:
         p.add_argument("--trigger-file", type=Path, default=None, help="snapshot when this file appears (it is removed)")
         p.add_argument("--max-frames", type=int, default=None, help="stop after reading N frames")
         p.add_argument("--warm-steps", type=int, default=None,
-                       help="iterations for a face continuing from the previous frame (default steps/4)")
+                       help="iterations for a face continuing from the previous frame (default: --steps)")
+        p.add_argument("--no-warm-start", action="store_true", help="cloak every frame from scratch (for comparison)")
         p.add_argument("--upload-cmd", default=None, help="run on each finished frame ({} = its path)")
         p.add_argument("--queue-size", type=int, default=8, help="upload queue length; beyond it frames wait in the outbox")
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish uploads when stopping")
@@ -67,7 +68,8 @@ class RunCommand:
             raise UsageError("give --camera SOURCE (or --upload-pending)")
         settings = RunSettings(
             source=args.camera, outbox=args.outbox, mode=args.mode, every=args.every, trigger_file=args.trigger_file,
-            max_frames=args.max_frames, warm_steps=args.warm_steps, fmt=args.format,
+            max_frames=args.max_frames, warm_steps=args.warm_steps, warm_gap=0 if args.no_warm_start else 5,
+            fmt=args.format,
             jpeg_quality=args.jpeg_quality if args.format == "jpg" else None, upload_cmd=args.upload_cmd,
             queue_size=args.queue_size, drain_timeout=args.drain_timeout, preview=args.preview,
         )
