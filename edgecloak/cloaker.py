@@ -213,7 +213,7 @@ class Cloaker:
     ) -> "Cloaker":
         """A cloaker on the torch-free runtime (``bundle``) or on the torch reference.
 
-        ``bundle``: a folder written by ``edgecloak export``. Without one, ``preset`` (``paper`` or
+        ``bundle``: a folder written by ``edgecloak export``, or a preset's name. Without one, ``preset`` (``paper`` or
         ``edge``, see ``edgecloak.calibration.presets``) names the surrogates and settings;
         ``backend="reference"`` then runs the torch reference on the zoo, and any other backend the
         runtime on the preset's bundle (exported into the cache on first use; needs the export
@@ -229,7 +229,11 @@ class Cloaker:
         """
         if num_targets is not None and num_targets < 1:
             raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+        from edgecloak.calibration.presets import PRESETS
         from edgecloak.calibration.presets import preset as named_preset
+
+        if isinstance(bundle, str) and bundle in PRESETS and not Path(bundle).exists():
+            bundle, preset = None, bundle  # Cloaker.load("edge"): a preset name where a bundle may go
 
         recipe = named_preset(preset)
         if bundle is None:

@@ -157,3 +157,15 @@ def test_outbox_names_never_repeat_and_stale_temp_files_go(tmp_path):
     box.mark(first, True, {"returncode": 0})
     assert box.pending() == [second]
     assert os.stat(second).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.slow
+def test_a_trigger_file_takes_one_snapshot(clip, tmp_path):
+    path, _ = clip
+    trigger = tmp_path / "snap"
+    trigger.touch()
+    outbox = tmp_path / "outbox"
+    done = run_cli("run", "--camera", str(path), "--outbox", str(outbox), "--trigger-file", str(trigger),
+                   "--steps", "3", "--on-fail", "keep")
+    assert done.returncode == 0, done.stderr
+    assert [c["frame"] for c in sidecars(outbox)] == [1] and not trigger.exists()

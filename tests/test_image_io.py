@@ -308,3 +308,32 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         save_image_atomic(tmp_path / "out.jpg", np.zeros((4, 4, 3), np.uint8), jpeg_quality=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def _jpeg_segments(data: bytes) -> list[int]:
+    """The marker bytes of a JPEG's header segments (APPn, DQT, ...) up to the scan."""
+    markers, i = [], 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        markers.append(marker)
+        if marker == 0xDA:  # start of scan: the image data follows
+            break
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return markers
+
+
+def test_gps_xmp_and_app_segments_never_reach_the_output(tmp_path: Path) -> None:
+    """Location, XMP and any APPn segment (where EXIF thumbnails live) are left behind."""
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"
+    gps = exif.get_ifd(0x8825)
+    gps[2] = (52.0, 31.0, 12.0)  # GPSLatitude
+    gps[1] = "N"
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description creator="SecretPerson"/></rdf:RDF></x:xmpmeta>'
+    src = tmp_path / "in.jpg"
+    Image.fromarray(_gradient()).save(src, "JPEG", exif=exif.tobytes(), xmp=xmp)
+    raw = src.read_bytes()
+    assert b"SecretPerson" in raw and 0xE1 in _jpeg_segments(raw)  # the source really carries them
+    out = save_image_atomic(tmp_path / "out.jpg", load_image(src)).read_bytes()
+    assert b"SecretPerson" not in out and b"SecretCam" not in out
+    assert not {m for m in _jpeg_segments(out) if 0xE1 <= m <= 0xEF}  # no APP1..APP15: no EXIF, XMP, thumbnail

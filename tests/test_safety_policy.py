@@ -96,3 +96,18 @@ def test_a_passing_face_is_cloaked_and_a_shifted_frame_warm_starts(cloak, photo)
     second = cloak(steps=16, retries=0, on_fail="keep").protect(moved, warm=first.warm_start(steps=4))
     again = second.faces[0]
     assert again.warm_started and again.steps == 4 and again.target == face.target
+
+
+@pytest.mark.slow
+def test_one_cloaker_serves_several_threads(photo):
+    """The lock serialises calls: two threads at once both get a complete, in-budget result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgecloak.cloaker import Cloaker, SafetyPolicy
+
+    cloaker = Cloaker.load("edge", steps=2, policy=SafetyPolicy(retries=0, on_fail="keep"))  # a preset by name
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(cloaker.protect, [photo, photo.copy()]))
+    for result in results:
+        assert len(result.faces) == 1 and 0 < result.max_abs_change <= 12
+    assert np.array_equal(results[0].image, results[1].image)  # same seed, same photo: same mask
