@@ -16,10 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,27 +24,10 @@ from typing import Any
 import numpy as np
 
 from edgecloak.errors import OutputError
+from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.image_io import save_image_atomic
 
 _NAME = re.compile(r"^frame-\d{8}-\d{6}-(\d{6})\.(png|jpg)$")
-
-
-def write_json_atomic(path: Path, body: Any) -> None:
-    """JSON to ``path`` via a temporary file in the same folder and a rename (0644)."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: could not write ({exc.strerror or exc}); check free space") from exc
 
 
 class Outbox:

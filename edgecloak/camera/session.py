@@ -27,7 +27,9 @@ from typing import Any, Callable
 
 from edgecloak.errors import CameraError, NoFaceError, ProtectionFailedError, UsageError
 
-from .outbox import Outbox, write_json_atomic
+from edgecloak.runtime.atomic import write_json_atomic
+
+from .outbox import Outbox
 from .source import FrameSource
 from .upload import Uploader
 

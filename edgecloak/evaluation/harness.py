@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgecloak.errors import EdgecloakError, UsageError
+from edgecloak.runtime.atomic import write_json_atomic
 
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
 from .metrics import psnr, rank_metrics, ssim, threshold_at_far
@@ -120,15 +120,6 @@ class Gallery:
     labels: np.ndarray
     paths: list[Path | None]
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _write_json_atomic(path: Path, body: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=1, default=str)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-    os.replace(tmp, path)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -239,7 +230,7 @@ def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path
                 }
                 image_path.parent.mkdir(parents=True, exist_ok=True)
                 save_image_atomic(image_path, image)
-                _write_json_atomic(meta_path, meta)
+                write_json_atomic(meta_path, meta)
             meta = json.loads(meta_path.read_text())
             meta["image_path"] = str(image_path.relative_to(out))
             records.append(meta)
@@ -386,7 +377,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         "seconds": time.time() - started,
         "embeddings_computed": evaluators.computed,
     }
-    _write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     return results
 
 
