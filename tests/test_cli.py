@@ -177,3 +177,23 @@ def test_disk_full_and_unwritable_outputs_leave_nothing_and_say_so(tmp_path):
     done = run_cli("protect", str(photo), "-o", "/proc/edgecloak-out", "--preset", "edge", "--steps", "2")
     assert done.returncode == 5 and "cannot create the output folder" in done.stderr
     assert photo.read_bytes() == original
+
+
+@pytest.mark.slow
+def test_an_output_inside_the_input_set_never_overwrites_an_original(tmp_path):
+    from edgecloak.cloaker import Cloaker, SafetyPolicy
+    from edgecloak.errors import OutputError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = folder / "hopper.png"
+    Image.open(sample_photo()).save(photo)
+    original = photo.read_bytes()
+    done = run_cli("protect", str(photo), "-o", str(folder), "--preset", "edge", "--steps", "2", "--on-fail", "keep")
+    assert done.returncode == 0, done.stderr
+    assert photo.read_bytes() == original
+    assert sorted(p.name for p in folder.iterdir()) == ["hopper.cloaked.png", "hopper.png"]
+    cloaker = Cloaker.load("edge", steps=2, policy=SafetyPolicy(on_fail="keep"))
+    with pytest.raises(OutputError, match="refusing to overwrite the original"):
+        cloaker.protect_file(photo, photo)
+    assert photo.read_bytes() == original
