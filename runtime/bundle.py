@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,18 @@ class Bundle:
         if missing:
             raise ModelError(f"{root}: targets have no embeddings for {', '.join(missing)}; re-export the bundle")
         preset = TIPIMConfig.from_dict(json.loads((root / manifest["preset"]).read_text()))
+        for s in manifest["surrogates"]:
+            p = s.get("precision", {})
+            if p.get("passed") is False:  # written with --allow-failed-gate: say so every time it is used
+                warnings.warn(f"{root}: {s['id']} runs a {p['name']} gradient graph that failed its fidelity gate "
+                              f"(gradient cosine {p['grad_cosine']:.3f}, sign agreement {p['sign_agreement']:.3f}); "
+                              "protection may be weaker than measured for fp32", stacklevel=2)
         return cls(root, manifest, surrogates, geometries, targets, preset)
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """Numeric precision of each surrogate's gradient graph (``fp32`` unless converted)."""
+        return {s["id"]: s.get("precision", {}).get("name", "fp32") for s in self.manifest["surrogates"]}
 
 
 def _check_versions(root: Path, manifest: dict[str, Any]) -> None:

@@ -53,6 +53,9 @@ class RuntimeProtector:
         except (RuntimeError, ValueError) as exc:
             raise ModelError(str(exc)) from exc
         engines = [chosen.load(files) for files in bundle.surrogates]
+        lowered = {k: v for k, v in bundle.precisions.items() if v != "fp32"}
+        if lowered:
+            description += " [gradient graphs: " + ", ".join(f"{k} {v}" for k, v in lowered.items()) + "]"
         config = replace(bundle.preset, **settings) if settings else bundle.preset
         return cls(bundle, engines, description, config)
 

@@ -1,0 +1,68 @@
+"""``edgecloak calibrate``: decide precision (and, later, loop budgets) by measurement.
+
+Example:
+    $ edgecloak calibrate precision --surrogates mobileface,faceres --json precision.json
+    $ edgecloak calibrate precision --bundle bundles/edge --to fp16 -o bundles/edge-fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+class CalibrateCommand:
+    """Measure low-precision variants of the surrogates' gradient graphs against fp32 (gradient cosine
+    and sign agreement on held-out real face crops, speed on this machine) and gate them."""
+
+    @staticmethod
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("calibrate", help="measure precision variants", description=CalibrateCommand.__doc__)
+        what = p.add_subparsers(dest="what", required=True)
+        q = what.add_parser("precision", help="fp16 / int8 gradient graphs vs fp32, gated on gradient fidelity")
+        q.add_argument("--surrogates", default="mobileface", help="comma-separated recognizers (default mobileface)")
+        q.add_argument("-k", "--num-targets", type=int, default=10, help="targets K of the graphs (default 10)")
+        q.add_argument("--precisions", default="fp16,int8-forward,int8", help="variants to make and measure")
+        q.add_argument("--keep", type=Path, default=None, help="keep the variant graphs in this folder")
+        q.add_argument("--json", type=Path, default=None, help="write the report here too")
+        q.add_argument("--bundle", type=Path, default=None,
+                       help="convert this fp32 bundle instead: its gradient graphs to --to, measured and gated")
+        q.add_argument("--to", default="fp16", help="precision of the converted bundle (default fp16)")
+        q.add_argument("-o", "--out", type=Path, default=None, help="where the converted bundle goes")
+        q.add_argument("--allow-failed-gate", action="store_true",
+                       help="write a variant that fails its gate anyway (the runtime warns on every load)")
+        q.set_defaults(handler=CalibrateCommand.precision)
+
+    @staticmethod
+    def precision(args: argparse.Namespace) -> int:
+        from edgecloak.calibration.precision import PRECISIONS, format_table, precision_report
+        from edgecloak.errors import UsageError
+
+        if args.bundle is not None:
+            from edgecloak.calibration.precision import convert_bundle
+
+            if args.out is None:
+                raise UsageError("--bundle needs -o OUT for the converted bundle")
+            figures = convert_bundle(args.bundle, args.out, args.to, args.allow_failed_gate,
+                                     progress=lambda m: print(f"  {m}", flush=True))
+            for model_id, f in figures.items():
+                print(f"{model_id} {f['name']}: gradient cosine {f['grad_cosine']:.4f}, sign agreement "
+                      f"{f['sign_agreement']:.3f}, {f['ms_per_call']:.1f} ms/call "
+                      f"({f['ms_per_call'] / f['reference_ms_per_call']:.2f}x fp32): "
+                      f"{'pass' if f['passed'] else 'FAILED the gate (written anyway)'}")
+            print(f"bundle {args.out}")
+            return 0
+        precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            raise UsageError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+        report = precision_report(args.surrogates.split(","), args.num_targets, args.keep, precisions)
+        text = json.dumps(report, indent=2)
+        print(text)
+        print()
+        print(format_table(report))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text)
+        return 0
