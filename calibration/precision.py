@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ PRECISIONS = ("fp16", "int8-forward", "int8")
 # mean gradient cosine and sign agreement a low-precision graph must keep (GPU fp16 autograd
 # measured 0.9999 / 0.994; a sign agreement of 0.9 still moves 80% of pixels the right way)
 GATE = {"grad_cosine": 0.95, "sign_agreement": 0.90}
+# how far the variant's white-box Rank-1-T may fall below fp32's: this fraction of the probes, and
+# at least one probe (15 probes: one, 0.07; 5 probes: one, 0.2)
+E2E_TOLERANCE = 0.1
 
 Sample = tuple[np.ndarray, np.ndarray]  # (x [1,3,S,S] float32 0..255, cotangents [1,K,D])
 
@@ -196,12 +200,29 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def protection_of(bundles: dict[str, Path], probes_per_identity: int, out: Path) -> dict[str, dict]:
+    """End-to-end protection of each bundle on the evaluation protocol, scored by the fp32 recognizers
+    (its white-box surrogates, through their torch modules): ``{name: summary row}``."""
+    from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+    from edgecloak.runtime.bundle import Bundle
+
+    surrogates = sorted({s.id for path in bundles.values() for s in Bundle.load(path).surrogates})
+    results = run_evaluation(EvalSettings(out=out, probes_per_identity=probes_per_identity, methods=(),
+                                          evaluators=surrogates, transforms=("none",), sweeps=False,
+                                          bundles=dict(bundles)), progress=False, log=lambda _m: None)
+    return {s["method"]: s for s in results["summary"]}
+
+
 def convert_bundle(source: Path, destination: Path, precision: str, allow_failed_gate: bool = False,
-                   progress=None) -> dict:
+                   progress=None, e2e_probes: int = 3) -> dict:
     """A copy of a (fp32) bundle whose gradient graphs are the ``precision`` variant, each measured
     and gated; the figures go into the manifest (``surrogates[i].precision``) and the copy is
-    re-hashed. A variant that fails its gate is refused (``ModelError``) unless
-    ``allow_failed_gate``; the runtime then warns whenever it loads the bundle.
+    re-hashed. Two gates: gradient fidelity per surrogate (``GATE``), and end-to-end protection
+    (``e2e_probes`` probes per user, 0 skips it): the variant's white-box Rank-1-T may fall at
+    most ``E2E_TOLERANCE`` of the probes (at least one probe) below the fp32 bundle's, both scored
+    by the fp32 recognizers. A variant
+    that fails a gate is refused (``ModelError``) unless ``allow_failed_gate``; the runtime then
+    warns whenever it loads the bundle.
 
     Example:
         >>> convert_bundle(Path("bundles/edge"), Path("bundles/edge-fp16"), "fp16")  # doctest: +SKIP
@@ -245,6 +266,31 @@ def convert_bundle(source: Path, destination: Path, precision: str, allow_failed
         manifest["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
                              for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if e2e_probes > 0:
+            import tempfile
+
+            say(f"end-to-end protection, fp32 vs {precision} ({e2e_probes} probe(s) per user)")
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = protection_of({"fp32": bundle.root, precision: staging}, e2e_probes, Path(tmp))
+            e2e = {"probes_per_identity": e2e_probes, "tolerance": E2E_TOLERANCE,
+                   "white_box_rank1_t": {"fp32": rows["fp32"]["white_box_rank1_t"],
+                                         precision: rows[precision]["white_box_rank1_t"]},
+                   "white_box_rank1_ut": {"fp32": rows["fp32"]["white_box_rank1_ut"],
+                                          precision: rows[precision]["white_box_rank1_ut"]}}
+            # at most E2E_TOLERANCE of the probes fewer, and never less than one probe (small runs)
+            probes = rows["fp32"]["probes"]
+            allowed = max(1, math.floor(E2E_TOLERANCE * probes)) / probes
+            e2e["allowed_drop"] = allowed
+            e2e["passed"] = e2e["white_box_rank1_t"][precision] >= e2e["white_box_rank1_t"]["fp32"] - allowed - 1e-9
+            for entry in manifest["surrogates"]:
+                entry["precision"]["protection"] = e2e
+                entry["precision"]["passed"] = bool(entry["precision"]["passed"] and e2e["passed"])
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if not e2e["passed"] and not allow_failed_gate:
+                raise ModelError(
+                    f"{precision}: white-box Rank-1-T {e2e['white_box_rank1_t'][precision]:.2f} vs fp32 "
+                    f"{e2e['white_box_rank1_t']['fp32']:.2f} falls more than {allowed:.2f} (end-to-end gate); "
+                    "keep fp32 (or pass --allow-failed-gate)")
         os.replace(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -227,3 +227,9 @@ def test_untargeted_mifgsm_is_tipim_with_a_zero_target(tmp_path):
         assert float(before[0] @ after[0]) < 0.6  # pushed off its own identity
     finally:
         method.close()
+
+
+def test_eval_bundle_flag_wants_name_equals_path(tmp_path):
+    from edgecloak.cli.main import main
+
+    assert main(["eval", "-o", str(tmp_path), "--bundle", "just-a-path", "--no-sweeps"]) != 0

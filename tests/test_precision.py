@@ -46,8 +46,11 @@ def test_a_converted_bundle_records_its_figures_and_a_failed_gate_is_refused_or_
     from edgecloak.runtime.protector import RuntimeProtector
 
     fp32 = default_bundle(["mobileface"], 10)
-    figures = convert_bundle(fp32, tmp_path / "fp16", "fp16")
+    figures = convert_bundle(fp32, tmp_path / "fp16", "fp16", e2e_probes=1)
     assert figures["mobileface"]["passed"] and figures["mobileface"]["name"] == "fp16"
+    e2e = figures["mobileface"]["protection"]  # scored by the fp32 recognizer on 5 probes
+    assert e2e["passed"] and e2e["white_box_rank1_t"]["fp16"] >= e2e["white_box_rank1_t"]["fp32"] - e2e["allowed_drop"]
+    assert e2e["allowed_drop"] == pytest.approx(1 / 5)  # one probe of five
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a passing variant loads silently, hashes verified
         bundle = Bundle.load(tmp_path / "fp16")
@@ -59,6 +62,6 @@ def test_a_converted_bundle_records_its_figures_and_a_failed_gate_is_refused_or_
     with pytest.raises(ModelError, match="fail the gate"):
         convert_bundle(fp32, tmp_path / "int8", "int8")
     assert not (tmp_path / "int8").exists() and not list(tmp_path.glob(".*"))
-    convert_bundle(fp32, tmp_path / "int8", "int8", allow_failed_gate=True)
+    convert_bundle(fp32, tmp_path / "int8", "int8", allow_failed_gate=True, e2e_probes=0)
     with pytest.warns(UserWarning, match="failed its fidelity gate"):
         Bundle.load(tmp_path / "int8")

@@ -30,6 +30,8 @@ class CalibrateCommand:
                        help="convert this fp32 bundle instead: its gradient graphs to --to, measured and gated")
         q.add_argument("--to", default="fp16", help="precision of the converted bundle (default fp16)")
         q.add_argument("-o", "--out", type=Path, default=None, help="where the converted bundle goes")
+        q.add_argument("--e2e-probes", type=int, default=3,
+                       help="probes per user for the end-to-end protection gate (0 skips it)")
         q.add_argument("--allow-failed-gate", action="store_true",
                        help="write a variant that fails its gate anyway (the runtime warns on every load)")
         q.set_defaults(handler=CalibrateCommand.precision)
@@ -45,12 +47,17 @@ class CalibrateCommand:
             if args.out is None:
                 raise UsageError("--bundle needs -o OUT for the converted bundle")
             figures = convert_bundle(args.bundle, args.out, args.to, args.allow_failed_gate,
-                                     progress=lambda m: print(f"  {m}", flush=True))
+                                     progress=lambda m: print(f"  {m}", flush=True), e2e_probes=args.e2e_probes)
             for model_id, f in figures.items():
                 print(f"{model_id} {f['name']}: gradient cosine {f['grad_cosine']:.4f}, sign agreement "
                       f"{f['sign_agreement']:.3f}, {f['ms_per_call']:.1f} ms/call "
                       f"({f['ms_per_call'] / f['reference_ms_per_call']:.2f}x fp32): "
                       f"{'pass' if f['passed'] else 'FAILED the gate (written anyway)'}")
+                e2e = f.get("protection")
+                if e2e:
+                    t = e2e["white_box_rank1_t"]
+                    print("  end to end: white-box Rank-1-T " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+                          + f" ({'pass' if e2e['passed'] else 'FAIL'})")
             print(f"bundle {args.out}")
             return 0
         precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]

@@ -41,6 +41,8 @@ class EvalCommand:
                        help=f"comma-separated recognizers (default {','.join(DEFAULT_EVALUATORS)})")
         p.add_argument("--transforms", type=_names, default=None, help=f"comma-separated, from {','.join(UPLOAD_TRANSFORMS)}")
         p.add_argument("--no-sweeps", action="store_true", help="skip the edge preset's iteration and eps sweeps")
+        p.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
+                       help="also evaluate an exported bundle (its surrogates and preset), repeatable")
         p.add_argument("--seed", type=int, default=0, help="seed of every method's random stream")
         p.add_argument("--backend", default="auto", help="runtime backend for the presets, or 'reference' (torch)")
         p.add_argument("--far", type=float, default=0.01, help="false-accept rate of the dodging threshold")
@@ -69,8 +71,14 @@ class EvalCommand:
                 chosen["sweeps"] = False
             if chosen.get("probes_per_identity", 1) < 1:
                 raise UsageError("--probes must be >= 1")
+            bundles = {}
+            for item in args.bundle:
+                name, sep, path = item.partition("=")
+                if not sep or not name or not path:
+                    raise UsageError(f"--bundle {item!r}: give NAME=PATH")
+                bundles[name] = Path(path)
             settings = EvalSettings(out=args.out, identities=args.identities, seed=args.seed, backend=args.backend,
-                                    far=args.far, cache_dir=args.cache, **chosen)
+                                    far=args.far, cache_dir=args.cache, bundles=bundles, **chosen)
             results = run_evaluation(settings)
         report = write_report(results, args.out)
         print()

@@ -62,9 +62,11 @@ class EvalSettings:
     backend: str = "auto"
     far: float = 0.01
     cache_dir: Path | None = None
+    bundles: dict[str, Path] = field(default_factory=dict)  # name -> exported bundle, evaluated as methods
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["bundles"] = {k: str(v) for k, v in self.bundles.items()}
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
@@ -86,6 +88,15 @@ def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, Protecti
         "edge": CloakerMethod("edge", edge.surrogates, {**edge.settings, "seed": seed}, backend),
         "paper": CloakerMethod("paper", paper.surrogates, {**paper.settings, "seed": seed}, backend),
     }
+
+
+def bundle_method(name: str, path: Path, backend: str = "auto", seed: int = 0) -> ProtectionMethod:
+    """An exported bundle as a method: its surrogates, its preset, on ``backend`` (never the reference)."""
+    from edgecloak.runtime.bundle import Bundle
+
+    bundle = Bundle.load(path)
+    return CloakerMethod(name, tuple(s.id for s in bundle.surrogates), {"seed": seed},
+                         "auto" if backend == "reference" else backend, bundle=Path(path))
 
 
 def sweep_methods(backend: str = "auto", seed: int = 0) -> list[ProtectionMethod]:
@@ -296,7 +307,8 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict]) 
         summary = {"method": method.name, "family": method.family, "transform": transform,
                    "self_check_passed": float(np.mean(checks)) if checks else None,
                    "surrogates": list(method.surrogates), "sweep": list(method.sweep) if method.sweep else None,
-                   "settings": method.settings(), "failed": sum(1 for r in records if r.get("failed")), **quality}
+                   "settings": method.settings(), "failed": sum(1 for r in records if r.get("failed")),
+                   "probes": len(records), **quality}
         for side, flag in (("white_box", True), ("black_box", False)):
             chosen = [r for r in rows if r["transform"] == transform and r["white_box"] == flag]
             for k in ("rank1_ut", "rank5_ut", "rank1_t", "rank5_t", "dodged"):
@@ -340,6 +352,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         f"({len(set(gallery.labels))} identities); evaluators {', '.join(evaluators.ids)}")
 
     methods = [catalogue[m] for m in settings.methods]
+    methods += [bundle_method(name, path, settings.backend, settings.seed) for name, path in settings.bundles.items()]
     if settings.sweeps:
         methods += sweep_methods(settings.backend, settings.seed)
     rows, summary, per_probe, records_by_method, backends = [], [], [], {}, {}

@@ -140,14 +140,20 @@ class CloakerMethod(ProtectionMethod):
     untargeted: bool = False
     family: str = "tipim"
     sweep: tuple[str, float] | None = None
+    bundle: Path | None = None  # a given bundle (its surrogates and preset) instead of the cached one
 
     def __post_init__(self) -> None:
         self.cloaker = None
         self.banks: dict[str, TargetBank] = {}
 
     def settings(self):
-        return {"surrogates": list(self.surrogates), "config": self.config, "backend": self.backend,
-                "untargeted": self.untargeted}
+        out = {"surrogates": list(self.surrogates), "config": self.config, "backend": self.backend,
+               "untargeted": self.untargeted}
+        if self.bundle is not None:  # the manifest's hash names the bundle's exact contents
+            import hashlib
+
+            out["bundle"] = hashlib.sha256((Path(self.bundle) / "manifest.json").read_bytes()).hexdigest()[:16]
+        return out
 
     def prepare(self, target_photos):
         from edgecloak.cloaker import Cloaker, SafetyPolicy
@@ -161,7 +167,7 @@ class CloakerMethod(ProtectionMethod):
         else:
             from edgecloak.export.bundle import default_bundle
 
-            bundle = default_bundle(list(self.surrogates), num_targets)
+            bundle = self.bundle or default_bundle(list(self.surrogates), num_targets)
             self.cloaker = Cloaker.load(bundle=bundle, backend=self.backend, policy=policy, **self.config)
         identities = identity_embeddings(self.cloaker.protector, target_photos)
         self.banks = {}
