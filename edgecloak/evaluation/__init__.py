@@ -1,5 +1,7 @@
-"""Measured protection: identification metrics, image quality and the evaluation protocol.
+"""Measured protection (``edgecloak eval``): the protocol, the metrics, the compared methods, the
+recognizers that score them, upload transforms, the run itself and its report.
 
-Torch-free (numpy + OpenCV). ``metrics`` scores galleries and images; ``protocol`` splits the
-photos so that no photo used to optimise towards a target sits in the gallery.
+``metrics``, ``protocol`` and ``transforms`` are numpy + OpenCV only; ``evaluators`` and the
+``reference``/bundle methods load torch recognizers when a run starts, and ``report`` imports
+matplotlib only when it draws.
 """
