@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from .output import print_report
 
 
 class BenchCommand:
@@ -34,11 +35,5 @@ class BenchCommand:
             backends=args.backend or ("onnxruntime", "torch", "tensorrt"), photo=args.photo,
             include_reference=not args.no_reference, progress=lambda m: print(f"  {m}", flush=True),
         )
-        text = json.dumps(report, indent=2)
-        print(text)
-        print()
-        print(format_table(report))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(text)
+        print_report(report, format_table(report), args.json)
         return 0

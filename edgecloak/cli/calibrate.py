@@ -8,8 +8,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from .output import print_report
 
 
 class CalibrateCommand:
@@ -65,11 +66,5 @@ class CalibrateCommand:
         if unknown:
             raise UsageError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
         report = precision_report(args.surrogates.split(","), args.num_targets, args.keep, precisions)
-        text = json.dumps(report, indent=2)
-        print(text)
-        print()
-        print(format_table(report))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(text)
+        print_report(report, format_table(report), args.json)
         return 0
