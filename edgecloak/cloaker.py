@@ -346,7 +346,9 @@ class Cloaker:
             image, current, plan.face.landmarks, targets, on_step=on_step, steps=steps)
         current[y0:y1, x0:x1] = region
         plan.targets, plan.t_index = targets, t_index
-        plan.steps += steps
+        # the steps actually run (an early stop, TIPIMConfig.stop_margin, may end a pass sooner)
+        ran = len(self.protector.last_result.gains) if self.protector.last_result is not None else steps
+        plan.steps += ran
         plan.last_steps = steps
 
     def _warm_region(self, current: np.ndarray, image: np.ndarray, face, warm: WarmStart) -> str | None:

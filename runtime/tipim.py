@@ -138,6 +138,14 @@ class RuntimeTIPIM:
         """Unit embeddings {id: [B,D]} (copies) of a region batch [B,3,h,w] through the samplers."""
         return {e.id: e.embed(samplers[e.id].forward(region)).copy() for e in self.engines}
 
+    def fooled(self, emb: dict[str, np.ndarray], row: int, real: dict[str, np.ndarray], targets: TargetBank,
+               margin: float) -> bool:
+        """Is candidate ``row`` closer to its best target than to the original by ``margin`` (cosine)
+        for every surrogate? (``TIPIMConfig.stop_margin``)"""
+        t = int(self.gain({k: v[row:row + 1] for k, v in emb.items()}, real, targets)[0].argmax())
+        return all(float(emb[e.id][row] @ targets.embeddings[e.id][t]) - float(emb[e.id][row] @ real[e.id][0]) > margin
+                   for e in self.engines)
+
     def run(
         self,
         region: np.ndarray,
@@ -227,6 +235,8 @@ class RuntimeTIPIM:
             clock.lap("other")
             if on_step is not None:
                 on_step(len(gains))
+            if cfg.stop_margin is not None and self.fooled(emb, best, real, targets, cfg.stop_margin):
+                break
         out = self.finalise(best_x if cfg.keep_best else x, x0, limit)
         target_index = int(self.gain(self.embed(out, plain), real, targets)[0].argmax())
         clock.lap("other")

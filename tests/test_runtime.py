@@ -285,3 +285,15 @@ def test_user_target_photos_are_embedded_by_the_runtime(mobileface_bundle, sampl
     Image.new("RGB", (200, 200), (128, 128, 128)).save(tmp_path / "wall.png")
     with pytest.raises(NoFaceError):
         protector.targets_from_photos([tmp_path / "wall.png"])
+
+
+def test_early_stop_ends_both_engines_at_the_same_step(mobileface_bundle, recognizer, sample_face):
+    """stop_margin: the loop ends once every surrogate prefers the target by the margin; runtime and
+    reference stop at the same step with the same pixels, well before N."""
+    config = TIPIMConfig(steps=40, stop_margin=0.1)
+    got, want, pixels, region = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, config, "onnxruntime")
+    assert len(got.gains) == len(want.gains) < 40
+    assert np.abs(got.region - want.region.numpy()).max() <= 1.0
+    full = TIPIMConfig(steps=len(got.gains))  # the same steps without the stop: identical (the stop only ends it)
+    again, _, _, _ = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, full, "onnxruntime")
+    assert np.array_equal(again.region, got.region)

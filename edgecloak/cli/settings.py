@@ -21,13 +21,14 @@ _FLAGS = (
     ("mu", float, "momentum decay (paper: 1.0)"),
     ("gamma", float, "MMD naturalness weight (public code: 0)"),
     ("seed", int, "random seed of the input diversity (default 0)"),
+    ("stop_margin", float, "stop early once every surrogate is fooled by this cosine margin (default: all steps)"),
 )
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --eps --steps --alpha --mu --gamma --seed --norm --no-diversity (all default: preset)."""
     for name, kind, text in _FLAGS:
-        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=text)
     parser.add_argument("--norm", choices=("linf", "l2"), default=None, help="step rule (default linf)")
     parser.add_argument("--no-diversity", action="store_true", help="turn off input diversity (alignment jitter)")
 

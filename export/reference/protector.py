@@ -40,6 +40,7 @@ class ReferenceProtector:
         self.detector = detector
         self.targets = targets
         self.config = config
+        self.last_result = None  # the AttackResult of the last face (gains: one per step run)
 
     @classmethod
     def load(
@@ -80,7 +81,7 @@ class ReferenceProtector:
         def region(img: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(img[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
 
-        result = TIPIM(self.recognizers, config, self.per_target_passes).run(region(original), view, targets,
+        result = self.last_result = TIPIM(self.recognizers, config, self.per_target_passes).run(region(original), view, targets,
                                                          start=region(current), on_step=on_step)
         return view.box, result.region[0].permute(1, 2, 0).numpy().astype(np.uint8), result.target_index
 

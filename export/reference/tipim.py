@@ -84,6 +84,16 @@ class TIPIM(IterativeAttack):
             total = total + self.weights[r.id] * (d_real - d_targets)
         return total
 
+    @torch.no_grad()
+    def fooled(self, x: torch.Tensor, view: FaceView, real: dict[str, torch.Tensor], targets: TargetBank,
+               margin: float) -> bool:
+        """Is x [1,3,h,w] closer to its best target than to the original by ``margin`` (cosine) for every
+        surrogate? (``TIPIMConfig.stop_margin``; the runtime's ``fooled`` is the same test)"""
+        emb = self.embed(x, view)
+        t = int(self.gain(emb, real, targets)[0].argmax())
+        return all(float(emb[r.id][0] @ targets.embeddings[r.id][t]) - float(emb[r.id][0] @ real[r.id][0]) > margin
+                   for r in self.recognizers)
+
     def run(
         self,
         region: torch.Tensor,
@@ -130,6 +140,9 @@ class TIPIM(IterativeAttack):
                 best_x, best_gain = x, gains[-1]
             if on_step is not None:
                 on_step(len(gains))
+            if cfg.stop_margin is not None and self.fooled(candidates[best : best + 1].round(), view, real, targets,
+                                                           cfg.stop_margin):
+                break
         x = self.finalise(best_x if cfg.keep_best else x, x0, limit)
         with torch.no_grad():
             target_index = int(self.gain(self.embed(x, view), real, targets)[0].argmax())
