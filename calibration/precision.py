@@ -63,15 +63,10 @@ class Fidelity:
 def backward_nodes(model) -> list[str]:
     """Names of the nodes that depend on the ``cotangents`` input (the VJP half of a gradient graph)."""
     tainted, names = {"cotangents"}, []
-    pending = list(model.graph.node)
-    changed = True
-    while changed:  # nodes are topologically sorted, but one pass per level keeps this obviously right
-        changed = False
-        for node in pending:
-            if node.name not in names and any(i in tainted for i in node.input):
-                names.append(node.name)
-                tainted.update(node.output)
-                changed = True
+    for node in model.graph.node:  # ONNX requires topological order: one pass sees every dependency
+        if any(i in tainted for i in node.input):
+            names.append(node.name)
+            tainted.update(node.output)
     return names
 
 

@@ -88,7 +88,7 @@ class Uploader:
                 self.queue.task_done()
 
     def _upload(self, path: Path) -> None:
-        argv = [str(path) if a == "{}" else a.replace("{}", str(path)) for a in self.argv]
+        argv = [a.replace("{}", str(path)) for a in self.argv]
         if not any("{}" in a for a in self.argv):
             argv.append(str(path))
         started = time.perf_counter()

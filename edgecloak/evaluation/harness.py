@@ -266,11 +266,11 @@ def _score(
     for record, probe in zip(records, probes):
         protected = load_image(out / record["image_path"])
         targets = [n for n in all_identities if n != probe.identity]
+        keep = np.array([p != probe.path for p in gallery.paths])  # the probe is not its own gallery
         for transform in transforms:
             image, scale = apply_transform(transform, protected)
             emb, redetected = evaluators.embed(image, probe.box * scale, probe.landmarks * scale)
             for eid in evaluators.ids:
-                keep = np.array([p != probe.path for p in gallery.paths])
                 g, labels = gallery.embeddings[eid][keep], gallery.labels[keep]
                 m = rank_metrics(emb[eid][None], [probe.identity], [targets], g, list(labels))
                 scores = g @ emb[eid]

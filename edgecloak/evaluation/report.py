@@ -5,7 +5,7 @@ The document is built once as a list of blocks (heading, paragraph, table, figur
 twice, so both formats always say the same. matplotlib is imported here only (the ``eval`` extra).
 
 Example:
-    >>> write_report(json.loads(Path("eval-out/results.json").read_text()), Path("eval-out"))  # doctest: +SKIP
+    >>> import json; write_report(json.loads(Path("eval-out/results.json").read_text()), Path("eval-out"))  # doctest: +SKIP
     PosixPath('eval-out/report.md')
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json  # noqa: F401  (used in the example)
 from pathlib import Path
 from typing import Any, Sequence
 
