@@ -90,3 +90,33 @@ class TIPIMConfig(AttackConfig):
     # (the mask shifts MTCNN's landmarks), then passed 2 frames of 10 instead of 10 of 10; 0.2
     # passed none. A stop judged at the loop's own alignment is too optimistic; off by default.
     stop_margin: float | None = None
+    # Cheaper greedy insertion: score all K candidates only every ``rescore_every`` steps (1: every
+    # step, the paper) and, with ``settle_after``, never again once the same target has won that
+    # many re-scorings in a row. Between re-scorings the loop steps towards the target it holds:
+    # one gradient pulled back and one candidate embedded instead of K (the gradient graph itself
+    # still takes K cotangents). Measured in ``edgecloak calibrate presets``.
+    rescore_every: int = 1
+    settle_after: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rescore_every < 1 or (self.settle_after is not None and self.settle_after < 1):
+            raise ValueError("rescore_every and settle_after must be >= 1")
+
+    def rescores(self, step: int, winners: list[int]) -> bool:
+        """Does step ``step`` (0-based) score all K candidates? ``winners``: the target chosen at each
+        earlier re-scoring. The first step always does (there is no target to hold yet).
+
+        Example:
+            >>> cfg = TIPIMConfig(rescore_every=4, settle_after=2)
+            >>> [cfg.rescores(s, [3]) for s in range(1, 6)]
+            [False, False, False, True, False]
+            >>> cfg.rescores(8, [3, 3])
+            False
+        """
+        if not winners:
+            return True
+        if self.settle_after is not None and len(winners) >= self.settle_after \
+                and len(set(winners[-self.settle_after:])) == 1:
+            return False
+        return step % self.rescore_every == 0

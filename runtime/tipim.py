@@ -6,7 +6,8 @@ with the autograd replaced by what the bundle's graphs give:
 * the K identity-loss gradients at x: per surrogate ONE gradient-graph call (one forward, K
   vector-Jacobian products with cotangents ``2 w_s (f_s(r) - f_s(t_k))``), pulled back from the
   aligned crop to the photo pixels with the exact adjoint of the bilinear warp (``runtime.warp``);
-* greedy insertion: one embedding-graph call per surrogate scores the K candidate images.
+* greedy insertion: one embedding-graph call per surrogate scores the K candidate images (every
+  ``rescore_every`` steps; in between, one candidate towards the held target).
 
 Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MMD, the random
 draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
@@ -191,42 +192,50 @@ class RuntimeTIPIM:
         candidate_crops = {e.id: np.zeros((k, 3, sizes[e.id], sizes[e.id]), np.float32) for e in self.engines}
         best_x, best_gain = x.copy(), -math.inf
         gains: list[float] = []
+        held, winners = 0, []  # the target held between re-scorings, and the re-scorings' winners
         clock.lap("other")
-        for _ in range(cfg.steps):
+        for step_index in range(cfg.steps):
+            rescore = cfg.rescores(step_index, winners)
+            rows = list(range(k)) if rescore else [held]  # the targets stepped towards this step
+            n = len(rows)
             jitter = sample_jitter(cfg.diversity, rng) if cfg.diversity else None
             np.round(x, out=x_round)  # the surrogates see the uint8 image (straight-through)
-            grads.fill(0.0)
+            grads[:n].fill(0.0)
             for e in self.engines:
                 sampler = plain[e.id] if jitter is None else face_sampler(face, e.id, sizes[e.id], jitter)
                 crop = sampler.forward(x_round)
                 clock.lap("warp")
                 _, grad = e.embed_and_grad(crop, cotangents[e.id])
                 clock.lap("graphs")
-                grads += sampler.adjoint(grad[0, :k], out=pulled)
+                chosen = grad[0, :k] if rescore else grad[0, held:held + 1]
+                grads[:n] += sampler.adjoint(chosen, out=pulled[:n])
                 clock.lap("warp")
             if cfg.gamma > 0:
                 _, g_mmd = mmd_gradient(x, x0, sample_augmentations(cfg.mmd_batch, rng), weight=cfg.gamma)
-                grads += g_mmd
+                grads[:n] += g_mmd
             np.multiply(momentum, np.float32(cfg.mu), out=carried)
 
             def candidate_rows(lo: int, hi: int, _tag: str) -> None:
-                # per candidate k: normalised gradient + carried momentum, step, projection, rounding
+                # per candidate: normalised gradient + carried momentum, step, projection, rounding
                 m = self.normalise(grads[lo:hi])
                 m += carried
                 self.project(self.step(x, m, out=candidates[lo:hi]), x0, bounds, out=candidates[lo:hi])
                 np.round(candidates[lo:hi], out=rounded[lo:hi])
 
-            for_row_chunks(k, candidate_rows)  # the K candidates' algebra on every core
-            momenta = grads  # normalised in place and momentum added: now the K momenta
+            for_row_chunks(n, candidate_rows)  # the candidates' algebra on every core
+            momenta = grads  # normalised in place and momentum added: now the candidates' momenta
             clock.lap("other")
             emb = {}
             for e in self.engines:
-                crops = plain[e.id].forward(rounded, out=candidate_crops[e.id])
+                crops = plain[e.id].forward(rounded[:n], out=candidate_crops[e.id][:n])
                 clock.lap("warp")
                 emb[e.id] = e.embed(crops).copy()
                 clock.lap("graphs")
             cand_gain = np.logaddexp(0.0, self.gain(emb, real, targets).max(axis=1))  # softplus
             best = int(cand_gain.argmax())
+            if rescore:
+                held = rows[best]
+                winners.append(held)
             gains.append(float(cand_gain[best]))
             x[...] = candidates[best]
             momentum[...] = momenta[best]

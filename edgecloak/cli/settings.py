@@ -22,6 +22,8 @@ _FLAGS = (
     ("gamma", float, "MMD naturalness weight (public code: 0)"),
     ("seed", int, "random seed of the input diversity (default 0)"),
     ("stop_margin", float, "stop early once every surrogate is fooled by this cosine margin (default: all steps)"),
+    ("rescore_every", int, "score all K target candidates only every R steps (default 1: every step)"),
+    ("settle_after", int, "stop re-scoring once one target won this many re-scorings in a row (default: never)"),
 )
 
 

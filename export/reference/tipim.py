@@ -120,20 +120,26 @@ class TIPIM(IterativeAttack):
         momentum = torch.zeros_like(x0)
         gains: list[float] = []
         best_x, best_gain = x, float("-inf")
-        for _ in range(cfg.steps):
+        held, winners = 0, []  # the target held between re-scorings (TIPIMConfig.rescores)
+        for step_index in range(cfg.steps):
+            rescore = cfg.rescores(step_index, winners)
+            rows = list(range(k)) if rescore else [held]
             jitter = view.random_jitter(cfg.diversity, gen) if cfg.diversity else None
-            grads = self.identity_gradients(x, view, cotangents, jitter)
+            grads = self.identity_gradients(x, view, [c[rows] for c in cotangents], jitter)
             if cfg.gamma > 0:
                 # float64: the estimate is a small difference of sums over ~10^5 pixels (float32
                 # loses 3e-3 of the gradient to cancellation); the runtime computes it the same way
                 x_one = x.detach().double().requires_grad_(True)
                 xa, ya = paired_augment(x_one / 255.0, x0.double() / 255.0, cfg.mmd_batch, gen)
                 grads = grads + torch.autograd.grad(cfg.gamma * mmd(xa, ya), x_one)[0].float()
-            momenta = cfg.mu * momentum + self.normalise(grads)  # K,3,h,w
-            candidates = self.project(self.step(x.expand(k, -1, -1, -1), momenta), x0, limit)
+            momenta = cfg.mu * momentum + self.normalise(grads)  # n,3,h,w
+            candidates = self.project(self.step(x.expand(len(rows), -1, -1, -1), momenta), x0, limit)
             with torch.no_grad():
                 cand_gain = F.softplus(self.gain(self.embed(candidates.round(), view), real, targets).amax(dim=1))
             best = int(cand_gain.argmax())
+            if rescore:
+                held = rows[best]
+                winners.append(held)
             gains.append(float(cand_gain[best]))
             x, momentum = candidates[best : best + 1].detach(), momenta[best : best + 1].detach()
             if gains[-1] > best_gain:
