@@ -1,48 +1,88 @@
-"""Named presets: which surrogates, how many targets and which loop settings a bundle is made for.
+"""Named presets: which surrogates, how many targets, which loop settings and how many self-check
+retries a photo gets, stored as data with the figures they were chosen by.
 
-Stored as data with the figures they were chosen by (measured on the 2-core CPU of the CI machine,
-see README "Speed"); the calibration issue will regenerate them by measurement, protection
-included. ``edge`` is the default of ``edgecloak export`` (bundles are for devices): one face in
-under 1.5 s on that CPU with the ONNX Runtime runtime. ``paper`` is the default of ``protect``.
+``fast`` / ``balanced`` / ``max`` are chosen by measurement (``edgecloak calibrate presets``, see
+``budget.py``) and kept in ``presets.json`` next to this module, each with its measured protection,
+quality and latency and the machine it was measured on. ``balanced`` is the default.
+``edgecloak calibrate presets --install`` writes a machine's own choice to
+``$EDGECLOAK_HOME/presets.json``, which then overrides the shipped fast / balanced / max there.
+``paper`` (the paper's loop on the two default surrogates) and ``edge`` (the first device preset)
+are fixed recipes kept for comparison and reproduction.
 
 Example:
     >>> preset("paper").settings["steps"]
     50
+    >>> DEFAULT_PRESET
+    'balanced'
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgecloak.errors import UsageError
 
+SHIPPED = Path(__file__).with_name("presets.json")
+CHOSEN = ("fast", "balanced", "max")  # what calibration decides; the others are fixed recipes
+DEFAULT_PRESET = "balanced"
+
 
 @dataclass(frozen=True)
 class Preset:
-    """A bundle recipe: surrogates, K, TIPIMConfig fields, and why."""
+    """A bundle recipe: surrogates, K, TIPIMConfig fields, self-check retries, and why.
+
+    ``measured``: the figures it was chosen by (``budget.point_figures`` row), or empty.
+    """
 
     name: str
     surrogates: tuple[str, ...]
     num_targets: int
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    retries: int = 1
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["surrogates"] = list(self.surrogates)
+        del d["name"]
+        return d
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> "Preset":
+        return cls(name, tuple(data["surrogates"]), int(data["num_targets"]), dict(data.get("settings", {})),
+                   data.get("note", ""), int(data.get("retries", 1)), dict(data.get("measured", {})))
 
 
-PRESETS: dict[str, Preset] = {
-    "paper": Preset(
-        "paper", ("mobileface", "faceres"), 10, {"steps": 50},
-        "the paper's defaults (eps 12, N 50, alpha 1.5, mu 1, K 10) on the two default surrogates",
-    ),
-    "edge": Preset(
-        "edge", ("mobileface",), 10, {"steps": 16, "alpha": 2.0},
-        "one fast surrogate, K 10, 16 steps of 2.0: 0.9-1.0 s per face, detection included, on the "
-        "2-core CPU (ONNX Runtime runtime, the sample photo's 315 px face region). On 10 probes "
-        "(gallery: the other 117 photos) white-box mobileface no longer ranks the true identity "
-        "first for 8/10 (N 12: 5/10, N 50 at alpha 1.5: 7/10); black-box faceres-deep for 1/10",
-    ),
-}
-DEFAULT_PRESET = "edge"
+def installed_path() -> Path:
+    """Where ``calibrate presets --install`` puts this machine's own presets."""
+    from edgecloak.runtime.paths import edgecloak_home
+
+    return edgecloak_home() / "presets.json"
+
+
+def read_presets(path: Path) -> dict[str, Preset]:
+    """The presets in a presets.json (``UsageError`` naming the file when it is unreadable)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return {name: Preset.from_dict(name, p) for name, p in data["presets"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a presets file ({exc})") from None
+
+
+def load_presets() -> dict[str, Preset]:
+    """The shipped presets, with fast / balanced / max replaced by this machine's installed ones."""
+    presets = read_presets(SHIPPED)
+    local = installed_path()
+    if local.exists():
+        presets.update({k: v for k, v in read_presets(local).items() if k in CHOSEN})
+    return presets
+
+
+PRESETS: dict[str, Preset] = load_presets()
 
 
 def preset(name: str) -> Preset:

@@ -204,7 +204,7 @@ class Cloaker:
         cls,
         bundle: str | os.PathLike[str] | None = None,
         backend: str = "auto",
-        preset: str = "paper",
+        preset: str | None = None,
         surrogates: Sequence[str] | None = None,
         target_photos: Sequence[str | os.PathLike[str]] = (),
         num_targets: int | None = None,
@@ -213,13 +213,14 @@ class Cloaker:
     ) -> "Cloaker":
         """A cloaker on the torch-free runtime (``bundle``) or on the torch reference.
 
-        ``bundle``: a folder written by ``edgecloak export``, or a preset's name. Without one, ``preset`` (``paper`` or
-        ``edge``, see ``edgecloak.calibration.presets``) names the surrogates and settings;
+        ``bundle``: a folder written by ``edgecloak export``, or a preset's name. Without one, ``preset`` (default
+        ``balanced``; ``fast`` / ``balanced`` / ``max`` measured, ``paper`` / ``edge`` fixed, see
+        ``edgecloak.calibration.presets``) names the surrogates, settings and self-check retries;
         ``backend="reference"`` then runs the torch reference on the zoo, and any other backend the
         runtime on the preset's bundle (exported into the cache on first use; needs the export
         extra). ``surrogates`` replaces the preset's; ``num_targets`` keeps the first K target
         identities; ``target_photos`` replaces them. ``policy`` is the self-check and what to do
-        when it fails (default: drop the photo). ``settings`` are ``TIPIMConfig`` fields (eps,
+        when it fails (default: drop the photo, after the preset's retries). ``settings`` are ``TIPIMConfig`` fields (eps,
         steps, alpha, mu, norm, gamma, seed, ...) overriding the bundle's or preset's.
 
         Example:
@@ -229,9 +230,10 @@ class Cloaker:
         """
         if num_targets is not None and num_targets < 1:
             raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
-        from edgecloak.calibration.presets import PRESETS
+        from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
         from edgecloak.calibration.presets import preset as named_preset
 
+        preset = preset or DEFAULT_PRESET
         if isinstance(bundle, str) and bundle in PRESETS and not Path(bundle).exists():
             bundle, preset = None, bundle  # Cloaker.load("edge"): a preset name where a bundle may go
 
@@ -239,6 +241,8 @@ class Cloaker:
         if bundle is None:
             surrogates = list(surrogates) if surrogates else list(recipe.surrogates)
             settings = {**recipe.settings, **settings}
+            if policy is None:
+                policy = SafetyPolicy(retries=recipe.retries)
         if backend == "reference":
             if bundle is not None:
                 raise UsageError("the reference backend runs the zoo models, not a bundle; drop --bundle")

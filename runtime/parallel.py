@@ -18,14 +18,36 @@ from typing import Callable
 
 import numpy as np
 
-THREADS = min(4, len(os.sched_getaffinity(0)))
+
+
+def cpu_threads() -> int:
+    """CPU threads one protector may use: ``$EDGECLOAK_THREADS`` (set by multi-worker runs, so N
+    workers on N cores do not each start N threads), else every core this process may run on.
+
+    Example:
+        >>> os.environ["EDGECLOAK_THREADS"] = "1"; cpu_threads()
+        1
+        >>> del os.environ["EDGECLOAK_THREADS"]
+    """
+    env = os.environ.get("EDGECLOAK_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return len(os.sched_getaffinity(0))
+
+
+def row_threads() -> int:
+    """Threads for the row-parallel numpy (read when first needed, so a worker's share applies)."""
+    return min(4, cpu_threads())
 _EXECUTOR: ThreadPoolExecutor | None = None
 
 
 def _executor() -> ThreadPoolExecutor:
     global _EXECUTOR
     if _EXECUTOR is None:
-        _EXECUTOR = ThreadPoolExecutor(THREADS, thread_name_prefix="edgecloak-rows")
+        _EXECUTOR = ThreadPoolExecutor(row_threads(), thread_name_prefix="edgecloak-rows")
     return _EXECUTOR
 
 
@@ -34,7 +56,7 @@ def for_row_chunks(n: int, work: Callable[[int, int, str], None], min_rows_per_t
 
     ``tag`` is distinct per chunk (for per-chunk scratch buffers). Exceptions propagate.
     """
-    threads = min(THREADS, n // max(min_rows_per_thread, 1))
+    threads = min(row_threads(), n // max(min_rows_per_thread, 1))
     if threads <= 1:
         work(0, n, "")
         return

@@ -1,8 +1,9 @@
-"""``edgecloak calibrate``: decide precision (and, later, loop budgets) by measurement.
+"""``edgecloak calibrate``: decide precision and loop budgets (the presets) by measurement.
 
 Example:
     $ edgecloak calibrate precision --surrogates mobileface,faceres --json precision.json
     $ edgecloak calibrate precision --bundle bundles/edge --to fp16 -o bundles/edge-fp16
+    $ edgecloak calibrate presets -o calib-out/ --install
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import argparse
 from pathlib import Path
 
 from .output import print_report
+from .settings import add_fan_out_arguments, fan_out_from
 
 
 class CalibrateCommand:
-    """Measure low-precision variants of the surrogates' gradient graphs against fp32 (gradient cosine
-    and sign agreement on held-out real face crops, speed on this machine) and gate them."""
+    """Decide by measurement: `precision` gates fp16/int8 gradient graphs against fp32 (gradient cosine
+    and sign agreement on held-out real face crops, end-to-end protection); `presets` sweeps the loop's
+    budget on the evaluation protocol and picks fast / balanced / max from the protection-vs-latency
+    Pareto front."""
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("calibrate", help="measure precision variants", description=CalibrateCommand.__doc__)
+        p = sub.add_parser("calibrate", help="measure precision variants and loop-budget presets",
+                           description=CalibrateCommand.__doc__)
         what = p.add_subparsers(dest="what", required=True)
         q = what.add_parser("precision", help="fp16 / int8 gradient graphs vs fp32, gated on gradient fidelity")
         q.add_argument("--surrogates", default="mobileface", help="comma-separated recognizers (default mobileface)")
@@ -36,6 +41,39 @@ class CalibrateCommand:
         q.add_argument("--allow-failed-gate", action="store_true",
                        help="write a variant that fails its gate anyway (the runtime warns on every load)")
         q.set_defaults(handler=CalibrateCommand.precision)
+        b = what.add_parser("presets", help="sweep loop budgets, pick fast / balanced / max, write a Pareto report")
+        b.add_argument("-o", "--out", type=Path, required=True,
+                       help="folder for calibration.json, presets.json, report.md/html, pareto.png (resumable)")
+        b.add_argument("--quick", action="store_true", help="three points on one surrogate (a first look, ~2 min)")
+        b.add_argument("--probes", type=int, default=3, help="probe photos per user (default 3: 15 probes)")
+        b.add_argument("--backend", default="auto", help="runtime backend the points run on (default auto)")
+        b.add_argument("--seed", type=int, default=0, help="random seed of the loop (default 0)")
+        b.add_argument("--install", action="store_true",
+                       help="make the chosen presets this machine's (written to $EDGECLOAK_HOME/presets.json)")
+        add_fan_out_arguments(b, "measure the points (latency is then on shared cores unless one per machine)")
+        b.set_defaults(handler=CalibrateCommand.presets)
+
+    @staticmethod
+    def presets(args: argparse.Namespace) -> int:
+        from edgecloak.calibration.budget import calibrate
+        from edgecloak.errors import UsageError
+
+        if args.probes < 1:
+            raise UsageError("--probes must be >= 1")
+        calibration = calibrate(args.out, args.quick, args.probes, args.backend, args.seed, args.install,
+                                **fan_out_from(args))
+        for name, row in calibration["chosen"].items():
+            print(f"{name:>9}: {row['name']:<16} {row['seconds']:.2f} s/photo, unseen Rank-1-UT "
+                  f"{row['unseen_rank1_ut']:.2f}, white-box Rank-1-T {row['white_box_rank1_t']:.2f}, "
+                  f"self-check {row['self_check_passed']:.2f}, face PSNR {row['psnr_face']:.1f} dB")
+        print(f"report {args.out / 'report.html'}")
+        if not calibration["chosen"]:
+            from edgecloak.errors import ProtectionFailedError
+
+            raise ProtectionFailedError("no measured point keeps white-box protection and the self-check; "
+                                        "presets unchanged (see the report)")
+        print(f"presets {args.out / 'presets.json'}" + (" (installed for this machine)" if args.install else ""))
+        return 0
 
     @staticmethod
     def precision(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .settings import add_fan_out_arguments, fan_out_from
+
 QUICK = {"probes_per_identity": 1, "methods": ["none", "noise", "edge"], "evaluators": ["mobileface", "faceres-deep"],
          "transforms": ["none", "jpeg75"], "sweeps": False}
 
@@ -48,6 +50,7 @@ class EvalCommand:
         p.add_argument("--far", type=float, default=0.01, help="false-accept rate of the dodging threshold")
         p.add_argument("--cache", type=Path, default=None, help="embedding cache (default $EDGECLOAK_HOME/eval-cache)")
         p.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/results.json")
+        add_fan_out_arguments(p, "protect the methods' photos")
         p.set_defaults(handler=EvalCommand.run)
 
     @staticmethod
@@ -78,7 +81,7 @@ class EvalCommand:
                     raise UsageError(f"--bundle {item!r}: give NAME=PATH")
                 bundles[name] = Path(path)
             settings = EvalSettings(out=args.out, identities=args.identities, seed=args.seed, backend=args.backend,
-                                    far=args.far, cache_dir=args.cache, bundles=bundles, **chosen)
+                                    far=args.far, cache_dir=args.cache, bundles=bundles, **fan_out_from(args), **chosen)
             results = run_evaluation(settings)
         report = write_report(results, args.out)
         print()

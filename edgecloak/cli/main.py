@@ -14,9 +14,10 @@ from typing import Sequence
 from edgecloak import __version__
 from edgecloak.errors import EdgecloakError
 
-from . import bench, calibrate, evaluate, export, models, protect, run
+from . import batch, bench, calibrate, evaluate, export, models, protect, run
 
-COMMANDS = (protect.ProtectCommand, run.RunCommand, export.ExportCommand, bench.BenchCommand, evaluate.EvalCommand, calibrate.CalibrateCommand, models.ModelsCommand)
+COMMANDS = (protect.ProtectCommand, batch.BatchCommand, run.RunCommand, export.ExportCommand, bench.BenchCommand,
+            evaluate.EvalCommand, calibrate.CalibrateCommand, models.ModelsCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgecloak.calibration.presets import PRESETS
+from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
 from edgecloak.errors import EdgecloakError, OutputError, UsageError
 from edgecloak.runtime.backends import BACKENDS
 
@@ -27,9 +27,9 @@ class ProtectCommand:
                        help="a cloak bundle from `edgecloak export` (default: one for --surrogates, exported on first use)")
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "reference"),
                        help="what runs the surrogates: auto picks the best available; reference = torch autograd")
-        p.add_argument("--preset", default="paper", choices=tuple(PRESETS),
-                       help="without --bundle: surrogates and settings (paper: mobileface+faceres, N 50; "
-                            "edge: mobileface, fast)")
+        p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
+                       help=f"without --bundle: surrogates and loop budget (default {DEFAULT_PRESET}; fast / balanced / "
+                            "max are measured, see `edgecloak calibrate presets`)")
         p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: the preset's)")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
                        help="a target identity photo (repeatable); default: the 10 shipped identities")

@@ -52,7 +52,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
                              "under a mosaic, or keep it as is")
     parser.add_argument("--min-margin", type=float, default=0.0,
                         help="self-check: surrogate mean of cos(target) - cos(original) a face must exceed (default 0)")
-    parser.add_argument("--retries", type=int, default=1, help="re-runs of a failing face, each with twice the steps")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="re-runs of a failing face, each with twice the steps (default: the preset's, 1 with a bundle)")
     parser.add_argument("--min-face", type=int, default=32, help="faces smaller than this (px) count as failed")
 
 
@@ -60,4 +61,26 @@ def policy_from(args: argparse.Namespace):
     """The ``SafetyPolicy`` the user asked for."""
     from edgecloak.cloaker import SafetyPolicy
 
-    return SafetyPolicy(min_margin=args.min_margin, retries=args.retries, min_face=args.min_face, on_fail=args.on_fail)
+    retries = args.retries
+    if retries is None:  # the preset's own budget (a progressive preset relies on its retries)
+        from edgecloak.calibration.presets import preset
+
+        name = getattr(args, "preset", None)
+        retries = preset(name).retries if name and getattr(args, "bundle", None) is None else 1
+    return SafetyPolicy(min_margin=args.min_margin, retries=retries, min_face=args.min_face, on_fail=args.on_fail)
+
+
+def add_fan_out_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add --workers and --ray [ADDRESS] (local processes or Ray, see ``edgecloak.batch``)."""
+    parser.add_argument("--workers", type=int, default=1, help=f"{what} in this many parallel workers (default 1)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run the workers on Ray; without ADDRESS a local Ray instance")
+
+
+def fan_out_from(args: argparse.Namespace) -> dict[str, Any]:
+    """{workers, ray, ray_address} from the flags (``UsageError`` for fewer than 1 worker)."""
+    from edgecloak.errors import UsageError
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    return {"workers": args.workers, "ray": args.ray is not None, "ray_address": args.ray or None}

@@ -41,6 +41,7 @@ class Protected:
     target: str | None
     seconds: float
     self_check: bool | None = None  # whether the SDK's self-check passed the scored face (TIP-IM only)
+    steps: int | None = None  # iterations the scored face got, self-check retries included (TIP-IM only)
 
 
 class ProtectionMethod:
@@ -141,6 +142,10 @@ class CloakerMethod(ProtectionMethod):
     family: str = "tipim"
     sweep: tuple[str, float] | None = None
     bundle: Path | None = None  # a given bundle (its surrogates and preset) instead of the cached one
+    # self-check retries as the product runs them (0: the loop as configured, N stays N); with
+    # retries the method is the SDK's whole adaptive budget and its seconds include the retries
+    retries: int = 0
+    num_targets: int | None = None  # chase only the first K target identities (graphs of that K)
 
     def __post_init__(self) -> None:
         self.cloaker = None
@@ -149,9 +154,11 @@ class CloakerMethod(ProtectionMethod):
     def settings(self):
         out = {"surrogates": list(self.surrogates), "config": self.config, "backend": self.backend,
                "untargeted": self.untargeted}
+        if self.retries:  # only when set, so earlier runs' cached photos keep their keys
+            out["retries"] = self.retries
+        if self.num_targets is not None:
+            out["num_targets"] = self.num_targets
         if self.bundle is not None:  # the manifest's hash names the bundle's exact contents
-            import hashlib
-
             out["bundle"] = hashlib.sha256((Path(self.bundle) / "manifest.json").read_bytes()).hexdigest()[:16]
         return out
 
@@ -159,8 +166,10 @@ class CloakerMethod(ProtectionMethod):
         from edgecloak.cloaker import Cloaker, SafetyPolicy
 
         num_targets = 1 if self.untargeted else max(1, len(target_photos) - 1)
-        # the method as configured: no self-check retries (N stays N), every photo emitted and scored
-        policy = SafetyPolicy(retries=0, on_fail="keep")
+        if self.num_targets is not None:
+            num_targets = min(num_targets, self.num_targets)
+        # every photo emitted and scored; retries only where the method asks (see ``retries``)
+        policy = SafetyPolicy(retries=self.retries, on_fail="keep")
         if self.backend == "reference":
             self.cloaker = Cloaker.load(backend="reference", surrogates=list(self.surrogates), policy=policy,
                                         **self.config)
@@ -175,7 +184,8 @@ class CloakerMethod(ProtectionMethod):
             if self.untargeted:
                 bank = TargetBank(["(untargeted)"], {k: np.zeros_like(v[:1]) for k, v in identities.embeddings.items()})
             else:
-                bank = identities.select([i for i, n in enumerate(identities.identities) if n != user])
+                others = [i for i, n in enumerate(identities.identities) if n != user]
+                bank = identities.select(others[:num_targets])
             self.banks[user] = like(bank, self.cloaker.targets)
 
     @property
@@ -190,7 +200,7 @@ class CloakerMethod(ProtectionMethod):
         face = max(result.faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         if self.untargeted:  # no target, so no margin to check
             return Protected(result.image, None, seconds)
-        return Protected(result.image, face.target, seconds, face.action == "cloaked")
+        return Protected(result.image, face.target, seconds, face.action == "cloaked", face.steps)
 
     def close(self):
         if self.cloaker is not None:

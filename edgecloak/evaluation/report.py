@@ -22,11 +22,12 @@ import numpy as np
 GOALS = {"white_box_rank1_t": 0.95, "black_box_rank1_ut": 0.80, "psnr_face": 30.0}
 GOAL_NAMES = {"white_box_rank1_t": "white-box Rank-1-T", "black_box_rank1_ut": "black-box Rank-1-UT",
               "psnr_face": "face PSNR (dB)"}
-DEFAULT_PRESET_METHOD = "paper"  # `edgecloak protect`'s default
+DEFAULT_PRESET_METHOD = "balanced"  # `edgecloak protect`'s default
 LABELS = {
     "none": "no protection", "noise": "uniform noise (eps 12)", "blur": "Gaussian blur (sigma 3)",
     "mifgsm": "MI-FGSM dodging (untargeted)", "tipim-reference": "TIP-IM, paper-faithful (torch reference)",
-    "edge": "edge preset", "paper": "paper preset (default)",
+    "edge": "edge preset", "paper": "paper preset", "fast": "fast preset", "balanced": "balanced preset (default)",
+    "max": "max preset",
 }
 
 
@@ -59,7 +60,7 @@ def render_markdown(blocks: Sequence[tuple]) -> str:
     return "\n".join(out)
 
 
-def render_html(blocks: Sequence[tuple], root: Path) -> str:
+def render_html(blocks: Sequence[tuple], root: Path, title: str = "edgecloak evaluation") -> str:
     body = []
     for block in blocks:
         kind = block[0]
@@ -78,7 +79,7 @@ def render_html(blocks: Sequence[tuple], root: Path) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "th{background:#f3f3f3}img{max-width:100%}figcaption{color:#555;font-size:90%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgecloak evaluation</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
@@ -113,7 +114,7 @@ def headline_markdown(results: dict) -> str:
 
 def _goal_lines(results: dict) -> list[str]:
     lines = []
-    for method in (DEFAULT_PRESET_METHOD, "edge", "tipim-reference"):
+    for method in dict.fromkeys((DEFAULT_PRESET_METHOD, "paper", "edge", "tipim-reference")):
         s = _summary(results, method)
         if s is None:
             continue
@@ -206,7 +207,7 @@ def _plot_quality(results: dict, path: Path) -> bool:
 
 
 def _plot_robustness(results: dict, path: Path) -> bool:
-    methods = [m for m in ("none", "noise", "blur", "mifgsm", "tipim-reference", "edge", "paper")
+    methods = [m for m in ("none", "noise", "blur", "mifgsm", "tipim-reference", "edge", "paper", "balanced")
                if _summary(results, m) is not None]
     transforms = list(dict.fromkeys(s["transform"] for s in results["summary"] if s["method"] in methods))
     if len(transforms) < 2 or not methods:
@@ -244,7 +245,7 @@ def _plot_grid(results: dict, path: Path, root: Path, rows: int = 4) -> bool:
     from edgecloak.runtime.image_io import load_image
 
     records = results["records"]
-    shown = [m for m in ("edge", "paper", "tipim-reference") if m in records]
+    shown = [m for m in ("edge", "paper", "balanced", "tipim-reference") if m in records]
     if not shown or "none" not in records:
         return False
     plt = _plt()

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ import onnxruntime as ort
 
 from edgecloak.errors import ModelError
 
+from ..parallel import cpu_threads
 from .base import Backend, SurrogateEngine, SurrogateFiles
 
 # Preference order when onnxruntime-gpu provides more than the CPU.
@@ -42,7 +42,7 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    opts.intra_op_num_threads = threads or cpu_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 

@@ -51,6 +51,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecloak.errors import ModelError, NoFaceError
+from edgecloak.runtime.parallel import cpu_threads
 
 _PNET_CELL = 12
 _PNET_STRIDE = 2
@@ -273,6 +274,8 @@ def default_session_options() -> ort.SessionOptions:
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if os.environ.get("EDGECLOAK_THREADS"):  # a multi-worker run gave each worker its share
+        options.intra_op_num_threads = cpu_threads()
     return options
 
 

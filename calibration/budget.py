@@ -1,0 +1,318 @@
+"""Loop budgets by measurement: sweep the loop's settings on the evaluation protocol, find the
+protection-vs-latency Pareto front, and pick the fast / balanced / max presets from it.
+
+Each ``BudgetPoint`` is one way of spending work on a face (surrogates, N, K, diversity, MMD,
+re-scoring, self-check retries). It is run through the SDK exactly as users get it (the runtime on
+the point's bundle, the self-check with its retries; failing faces kept and scored) on the
+evaluation's probes, and scored by all five real recognizers. What a point is judged on:
+
+* ``unseen``: Rank-1-UT (share of probes whose true identity is NOT ranked first) averaged over the
+  recognizers that NO sweep point optimises on (``HELD_OUT``): the protection against a recognizer
+  we never saw, comparable across ensembles.
+* ``white_box_rank1_t`` and ``self_check_passed``: a preset must keep these (``ELIGIBLE``); a face
+  that fails the self-check costs the user the photo (or a blurred face).
+* ``seconds``: wall time per photo (detection, loop, self-check and retries) on this machine.
+
+Example:
+    >>> [p.name for p in sweep_points(quick=True)]
+    ['m-n8', 'm-n32', 'm-n32-r4']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+HELD_OUT = ("faceres-deep", "facenet-keras")  # evaluators no sweep point optimises on
+ELIGIBLE = {"white_box_rank1_t": 0.9, "self_check_passed": 0.8}  # what every preset must keep
+BALANCED_SHARE = 0.75  # balanced: the cheapest point with this share of max's gain over fast
+SURROGATE_SHORT = {"mobileface": "m", "faceres": "f", "facenet-casia": "c"}
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    """One loop budget: surrogates, TIPIMConfig fields, K and self-check retries.
+
+    ``axis`` names what the point varies against its neighbours (for the report's grouping).
+    """
+
+    name: str
+    surrogates: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    num_targets: int | None = None  # None: every target identity the evaluation has
+    retries: int = 1  # the SDK's default
+    axis: str = "steps"
+    baseline: str | None = None  # the point this one is a cheaper/dearer variant of (savings table)
+
+    def method(self, backend: str = "auto", seed: int = 0):
+        """The point as an evaluation method (``CloakerMethod`` through the SDK)."""
+        from edgecloak.evaluation.methods import CloakerMethod
+
+        return CloakerMethod(self.name, self.surrogates, {**self.settings, "seed": seed}, backend,
+                             family="calibration", retries=self.retries, num_targets=self.num_targets)
+
+
+def _point(surrogates: Sequence[str], steps: int, axis: str, suffix: str = "", alpha: float = 2.0,
+           retries: int = 1, num_targets: int | None = None, baseline: str | None = None, **settings) -> BudgetPoint:
+    stem = "+".join(SURROGATE_SHORT[s] for s in surrogates) + f"-n{steps}"
+    if suffix and baseline is None:
+        baseline = stem  # a variant of the same surrogates and N with the defaults
+    return BudgetPoint(stem + suffix, tuple(surrogates), {"steps": steps, "alpha": alpha, **settings}, num_targets,
+                       retries, axis, baseline)
+
+
+def sweep_points(quick: bool = False) -> list[BudgetPoint]:
+    """The measured grid. eps stays 12 (the visual promise; ``edgecloak eval`` sweeps it).
+
+    ``quick``: a small grid for tests and a first look (one surrogate, two N, one re-scoring point).
+    """
+    m, mf, mc, mfc = ("mobileface",), ("mobileface", "faceres"), ("mobileface", "facenet-casia"), \
+        ("mobileface", "faceres", "facenet-casia")
+    if quick:
+        return [_point(m, 8, "steps"), _point(m, 32, "steps"), _point(m, 32, "rescore", "-r4", rescore_every=4)]
+    return [
+        # iterations N on the one fast surrogate
+        *(_point(m, n, "steps") for n in (4, 8, 16, 32)),
+        # K: one target instead of all (graphs of K 1)
+        _point(m, 16, "targets", "-k1", num_targets=1),
+        # input diversity off; MMD naturalness on
+        _point(m, 16, "diversity", "-nodiv", diversity=None),
+        _point(m, 16, "mmd", "-mmd", gamma=0.01),
+        # cheaper greedy insertion
+        _point(m, 16, "rescore", "-r4", rescore_every=4),
+        _point(m, 16, "rescore", "-r2s2", rescore_every=2, settle_after=2),
+        # progressive budget = an early stop judged by re-detection: N, then 2N more, then 4N more,
+        # each pass only for faces that fail the self-check
+        _point(m, 8, "progressive", "-x2", retries=2, baseline="m-n16"),
+        # ensemble membership
+        _point(mf, 16, "ensemble"),
+        _point(mc, 16, "ensemble"),
+        _point(mfc, 8, "ensemble"),
+        _point(mfc, 16, "ensemble"),
+        _point(mf, 16, "rescore", "-r4", rescore_every=4),
+        _point(mfc, 16, "rescore", "-r4", rescore_every=4),
+        _point(mfc, 32, "ensemble", alpha=1.5),
+        _point(mfc, 32, "rescore", "-r4", alpha=1.5, rescore_every=4),
+        # the paper's loop on two and three surrogates
+        _point(mf, 50, "ensemble", alpha=1.5),
+        _point(mfc, 50, "ensemble", alpha=1.5),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# figures, front and choice
+def point_figures(results: dict, points: Sequence[BudgetPoint]) -> list[dict[str, Any]]:
+    """One row per point from an evaluation's results: protection, quality, cost."""
+    out = []
+    for p in points:
+        summary = {s["transform"]: s for s in results["summary"] if s["method"] == p.name}
+        rows = {(r["transform"], r["evaluator"]): r for r in results["rows"] if r["method"] == p.name}
+        clean = summary["none"]
+
+        def unseen(transform: str) -> float | None:
+            vals = [rows[(transform, e)]["rank1_ut"] for e in HELD_OUT if (transform, e) in rows]
+            return float(sum(vals) / len(vals)) if vals else None
+
+        out.append({
+            "name": p.name, "axis": p.axis, "surrogates": list(p.surrogates), "settings": p.settings,
+            "num_targets": p.num_targets, "retries": p.retries, "baseline": p.baseline,
+            "seconds": clean["seconds"], "steps": clean.get("steps"),
+            "unseen_rank1_ut": unseen("none"),
+            "held_out": {e: rows[("none", e)]["rank1_ut"] for e in HELD_OUT if ("none", e) in rows},
+            "white_box_rank1_t": clean["white_box_rank1_t"], "black_box_rank1_ut": clean["black_box_rank1_ut"],
+            "self_check_passed": clean["self_check_passed"], "psnr_face": clean["psnr_face"],
+            "ssim_face": clean["ssim_face"],
+            "unseen_rank1_ut_jpeg75": unseen("jpeg75"),
+            "white_box_rank1_t_jpeg75": summary["jpeg75"]["white_box_rank1_t"] if "jpeg75" in summary else None,
+            "probes": clean["probes"],
+        })
+    return out
+
+
+def eligible(row: dict[str, Any]) -> bool:
+    """Can the point be a preset? It must keep what every preset must (``ELIGIBLE``) and chase the
+    full target set: a point measured with fewer targets (the K sweep) shows what K costs, but a
+    preset keeps K 10 so that users hide among many identities, not all behind the same one."""
+    return not row.get("num_targets") and all((row.get(k) or 0.0) >= v for k, v in ELIGIBLE.items())
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no other row beats on both protection (``unseen_rank1_ut``, higher) and latency
+    (``seconds``, lower), cheapest first.
+
+    Example:
+        >>> rows = [{"name": "a", "seconds": 1, "unseen_rank1_ut": .1}, {"name": "b", "seconds": 2, "unseen_rank1_ut": .1},
+        ...         {"name": "c", "seconds": 3, "unseen_rank1_ut": .5}]
+        >>> [r["name"] for r in pareto_front(rows)]
+        ['a', 'c']
+    """
+    front, best = [], -1.0
+    for row in sorted(rows, key=lambda r: (r["seconds"], -r["unseen_rank1_ut"])):
+        if row["unseen_rank1_ut"] > best:
+            front.append(row)
+            best = row["unseen_rank1_ut"]
+    return front
+
+
+def choose_presets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """fast / balanced / max from the eligible points' Pareto front.
+
+    fast: the cheapest eligible point. max: the most protective (cheapest among ties). balanced: the
+    cheapest front point with at least ``BALANCED_SHARE`` of max's protection gain over fast.
+    Raises ``ValueError`` when no point is eligible.
+
+    Example:
+        >>> ok = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0}
+        >>> rows = [{"name": n, "seconds": s, "unseen_rank1_ut": u, **ok} for n, s, u in
+        ...         [("a", 1, .1), ("b", 2, .3), ("c", 4, .4), ("d", 9, .45)]]
+        >>> {k: v["name"] for k, v in choose_presets(rows).items()}
+        {'fast': 'a', 'balanced': 'c', 'max': 'd'}
+    """
+    front = pareto_front([r for r in rows if eligible(r)])
+    if not front:
+        raise ValueError("no measured point keeps white-box protection and the self-check; nothing to choose")
+    fast, top = front[0], front[-1]
+    wanted = fast["unseen_rank1_ut"] + BALANCED_SHARE * (top["unseen_rank1_ut"] - fast["unseen_rank1_ut"])
+    balanced = next(r for r in front if r["unseen_rank1_ut"] >= wanted - 1e-9)
+    return {"fast": fast, "balanced": balanced, "max": top}
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+def run_sweep(out, points: Sequence[BudgetPoint], probes_per_identity: int = 3, backend: str = "auto",
+              seed: int = 0, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
+              ray_address: str | None = None) -> tuple[dict, list[dict[str, Any]]]:
+    """Evaluate every point (resumable: the evaluation's caches) and return (results, figures).
+
+    Scored on clean uploads and JPEG 75 (the robustness a preset keeps after a typical upload).
+    ``workers``/``ray``: fan the points out (see ``EvalSettings``); latency is then measured on
+    shared cores unless each worker has a machine of its own (a Ray cluster).
+    """
+    from pathlib import Path
+
+    from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+
+    settings = EvalSettings(out=Path(out), probes_per_identity=probes_per_identity, methods=("none",),
+                            transforms=("none", "jpeg75"), sweeps=False, seed=seed, backend=backend,
+                            workers=workers, ray=ray, ray_address=ray_address)
+    results = run_evaluation(settings, progress, log, extra_methods=[p.method(backend, seed) for p in points])
+    return results, point_figures(results, points)
+
+
+# ----------------------------------------------------------------------------------------------
+# presets as data
+PRODUCT_TARGETS = 10  # K of a preset's bundle: the user gets 10 target identities to hide among
+
+
+def preset_entries(chosen: dict[str, dict[str, Any]], machine: str) -> dict[str, dict[str, Any]]:
+    """presets.json entries for the chosen rows (``Preset.from_dict`` reads them back)."""
+    out = {}
+    for name, row in chosen.items():
+        head = row["held_out"]
+        note = (f"{row['name']}: {len(row['surrogates'])} surrogate(s), N {row['settings']['steps']}, "
+                f"{row['retries']} self-check retr{'y' if row['retries'] == 1 else 'ies'}; measured on {machine}: "
+                f"{row['seconds']:.2f} s/photo, unseen Rank-1-UT {row['unseen_rank1_ut']:.2f} "
+                f"({', '.join(f'{k} {v:.2f}' for k, v in head.items())}), white-box Rank-1-T "
+                f"{row['white_box_rank1_t']:.2f}, self-check {row['self_check_passed']:.2f}, "
+                f"face PSNR {row['psnr_face']:.1f} dB")
+        out[name] = {"surrogates": row["surrogates"], "num_targets": row["num_targets"] or PRODUCT_TARGETS,
+                     "settings": dict(row["settings"]), "note": note, "retries": row["retries"], "measured": row}
+    return out
+
+
+def _same_recipe(entry: dict[str, Any], row: dict[str, Any]) -> bool:
+    settings = {"alpha": 1.5, **entry.get("settings", {})}
+    return (list(entry["surrogates"]) == list(row["surrogates"]) and settings == row["settings"]
+            and not row.get("num_targets") and entry.get("retries", 1) == row["retries"])
+
+
+def write_presets_file(path, chosen: dict[str, dict[str, Any]], meta: dict[str, Any], base=None,
+                       rows: Sequence[dict[str, Any]] = ()) -> None:
+    """Write presets.json: the fixed recipes of ``base`` (default: the shipped file) plus the chosen ones.
+
+    A fixed recipe that one of ``rows`` measured exactly (same surrogates, settings and retries) gets
+    that row as its figures.
+    """
+    import json
+    from pathlib import Path
+
+    from edgecloak.runtime.atomic import write_json_atomic
+
+    from .presets import CHOSEN, SHIPPED
+
+    data = json.loads(Path(base or SHIPPED).read_text())
+    fixed = {k: v for k, v in data["presets"].items() if k not in CHOSEN}
+    for entry in fixed.values():
+        entry["measured"] = next((r for r in rows if _same_recipe(entry, r)), entry.get("measured", {}))
+    entries = preset_entries(chosen, meta.get("machine", "this machine"))
+    write_json_atomic(Path(path), {"measured": meta, "default": "balanced", "presets": {**entries, **fixed}})
+
+
+def machine_description() -> str:
+    """This machine in a few words (CPU model and cores), for the figures' provenance."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores ({platform.system()})"
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole calibration
+def calibrate(out, quick: bool = False, probes_per_identity: int = 3, backend: str = "auto", seed: int = 0,
+              install: bool = False, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
+              ray_address: str | None = None) -> dict[str, Any]:
+    """Sweep, choose fast / balanced / max, write ``out``/calibration.json, presets.json and the report
+    (``install``: also ``$EDGECLOAK_HOME/presets.json``, used by every later run on this machine).
+
+    Returns the calibration (``chosen`` is empty when no point is eligible; nothing is installed then).
+
+    Example:
+        >>> calibration = calibrate("calib-out", quick=True)          # doctest: +SKIP
+        >>> sorted(calibration["chosen"])                              # doctest: +SKIP
+        ['balanced', 'fast', 'max']
+    """
+    import time
+    from pathlib import Path
+
+    from edgecloak.runtime.atomic import write_json_atomic
+
+    from .presets import installed_path
+    from .report import write_budget_report
+
+    out = Path(out)
+    points = sweep_points(quick)
+    results, rows = run_sweep(out, points, probes_per_identity, backend, seed, progress, log, workers, ray, ray_address)
+    try:
+        chosen = choose_presets(rows)
+    except ValueError as exc:
+        log(f"warning: {exc}")
+        chosen = {}
+    backends = sorted({b for p in points for b in results["backends"].get(p.name, [])})
+    meta = {
+        "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+        "command": "edgecloak calibrate presets" + (" --quick" if quick else "")
+                   + (f" --probes {probes_per_identity}" if probes_per_identity != 3 else ""),
+        "probes": len(results["protocol"]["probes"]), "users": len(results["protocol"]["users"]),
+        "eval_targets": len(results["protocol"]["users"]) - 1, "backend": "; ".join(backends) or backend,
+        "git_commit": results["versions"].get("git_commit"),
+        "fan_out": None if workers == 1 and not ray else f"{workers} {'Ray' if ray else 'local'} worker(s)"
+                   + (f" at {ray_address}" if ray_address else ""),
+    }
+    calibration = {"measured": meta, "points": rows, "chosen": chosen,
+                   "front": [r["name"] for r in pareto_front([r for r in rows if eligible(r)])]}
+    write_json_atomic(out / "calibration.json", calibration)
+    write_budget_report(calibration, out)
+    if chosen:
+        write_presets_file(out / "presets.json", chosen, meta, rows=rows)
+        if install:
+            installed_path().parent.mkdir(parents=True, exist_ok=True)
+            write_presets_file(installed_path(), chosen, meta, rows=rows)
+    return calibration

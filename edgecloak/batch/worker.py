@@ -1,0 +1,105 @@
+"""One batch worker: a Cloaker loaded once, turning tasks into written outputs and records.
+
+``WorkerSpec`` is what every executor ships to its workers (plain data, picklable); the worker
+is the same object in this process, in a local process and in a Ray actor, so every executor
+writes the same bytes and the same records.
+
+Example:
+    >>> worker = PhotoWorker(WorkerSpec(preset="fast"))                       # doctest: +SKIP
+    >>> worker.process(task)["status"]                                        # doctest: +SKIP
+    'done'
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, ProtectionFailedError
+
+from .plan import Task, sha256_file
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to build each worker's Cloaker and write its outputs."""
+
+    preset: str = "balanced"
+    bundle: str | None = None
+    backend: str = "auto"
+    settings: dict[str, Any] = field(default_factory=dict)  # TIPIMConfig overrides
+    policy: dict[str, Any] = field(default_factory=dict)  # SafetyPolicy fields (default: the preset's)
+    jpeg_quality: int | None = None  # for .jpg outputs
+    copy_faceless: bool = False  # write photos without a detected face (metadata stripped)
+    threads: int | None = None  # CPU threads per worker (None: all of this process's)
+
+
+class PhotoWorker:
+    """Cloaks one photo at a time; never raises for a photo's own failure (it becomes the record)."""
+
+    def __init__(self, spec: WorkerSpec):
+        if spec.threads:
+            os.environ["EDGECLOAK_THREADS"] = str(spec.threads)  # read when the sessions start below
+        from edgecloak.cloaker import Cloaker, SafetyPolicy
+
+        self.spec = spec
+        policy = SafetyPolicy(**spec.policy) if spec.policy else None
+        self.cloaker = Cloaker.load(bundle=spec.bundle, backend=spec.backend, preset=spec.preset, policy=policy,
+                                    **spec.settings)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def backend(self) -> str:
+        return self.cloaker.backend
+
+    def process(self, task: Task, root: Path | None = None) -> dict[str, Any]:
+        """Cloak ``task`` into its destination (atomically) and return its manifest record.
+
+        ``root``: DST, to record the output relative to it.
+        """
+        from edgecloak.runtime.image_io import load_image, save_image_atomic
+
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"source": task.relative, "source_sha256": None, "output": None,
+                                  "output_sha256": None, "faces": [], "error": None, "worker": self.name}
+        try:
+            record["source_sha256"] = sha256_file(task.source)
+            image = load_image(task.source)
+            task.destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                result = self.cloaker.protect(image)
+            except NoFaceError:
+                if not self.spec.copy_faceless:
+                    record.update(status="no-face", error="no face found (not written; --copy-faceless writes it)")
+                    return record
+                save_image_atomic(task.destination, image, jpeg_quality=self.spec.jpeg_quality)
+                record["status"] = "no-face-copied"
+            else:
+                save_image_atomic(task.destination, result.image, jpeg_quality=self.spec.jpeg_quality)
+                record["status"] = "done"
+                record["faces"] = [{"box": [round(float(v), 1) for v in f.box], "target": f.target,
+                                    "action": f.action, "margin": None if f.margin is None else round(f.margin, 4),
+                                    "steps": f.steps, "reason": f.reason} for f in result.faces]
+            record["output"] = task.destination.relative_to(root).as_posix() if root else str(task.destination)
+            record["output_sha256"] = sha256_file(task.destination)
+        except ProtectionFailedError as exc:
+            record.update(status="dropped", error=str(exc))
+        except (InputImageError, EdgecloakError) as exc:
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug or a decoder crash on one file must not stop a library run
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            if record.get("status") not in ("done", "no-face-copied"):
+                # DST mirrors the manifest: no output stands for a photo that did not finish now
+                task.destination.unlink(missing_ok=True)
+        return record
+
+
+def spec_dict(spec: WorkerSpec) -> dict[str, Any]:
+    """The spec as recorded in the summary."""
+    return asdict(spec)

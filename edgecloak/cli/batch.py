@@ -1,0 +1,77 @@
+"""``edgecloak batch SRC DST``: cloak a photo library into a mirrored tree, with a manifest.
+
+Example:
+    $ edgecloak batch photos/ cloaked/ --workers 2
+    $ edgecloak batch photos/ cloaked/ --ray                  # a local Ray instance
+    $ edgecloak batch /mnt/photos /mnt/cloaked --ray ray://head:10001 --workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
+from edgecloak.runtime.atomic import write_json_atomic
+from edgecloak.runtime.backends import BACKENDS
+
+from .settings import add_fan_out_arguments, add_policy_arguments, add_settings_arguments, fan_out_from, settings_from
+
+
+class BatchCommand:
+    """Cloak every photo under SRC into DST (tree mirrored, PNG unless --format jpg). DST/manifest.jsonl
+    records each photo (hashes, faces, self-check, status); a re-run skips what is done and intact.
+    Photos that fail (unreadable, no face, failed self-check) are recorded, not written, and do not
+    stop the run; the exit status is 4 when any photo did not finish."""
+
+    @staticmethod
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("batch", help="cloak a photo library (resumable; local processes or Ray)",
+                           description=BatchCommand.__doc__)
+        p.add_argument("source", type=Path, help="folder of photos (walked recursively; never modified)")
+        p.add_argument("destination", type=Path, help="output folder (the tree is mirrored; manifest and summary go here)")
+        p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
+                       help=f"surrogates and loop budget (default {DEFAULT_PRESET})")
+        p.add_argument("--bundle", type=Path, default=None, help="a cloak bundle instead of the preset's")
+        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="engine of the surrogates")
+        add_fan_out_arguments(p, "cloak photos (each worker loads its own models; Ray: Data over an actor pool)")
+        add_settings_arguments(p)
+        add_policy_arguments(p)
+        p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
+        p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when --format jpg")
+        p.add_argument("--copy-faceless", action="store_true",
+                       help="also write photos where no face is found (re-encoded, metadata stripped)")
+        p.add_argument("--json", type=Path, default=None, help="write the summary here too")
+        p.set_defaults(handler=BatchCommand.run)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from edgecloak.batch import BatchSettings, run_batch
+        from edgecloak.batch.worker import WorkerSpec
+        from edgecloak.errors import ProtectionFailedError
+
+        from .settings import policy_from
+
+        policy = policy_from(args)
+        spec = WorkerSpec(preset=args.preset, bundle=str(args.bundle) if args.bundle else None, backend=args.backend,
+                          settings=settings_from(args),
+                          policy={"min_margin": policy.min_margin, "retries": policy.retries,
+                                  "min_face": policy.min_face, "on_fail": policy.on_fail},
+                          jpeg_quality=args.jpeg_quality if args.format == "jpg" else None,
+                          copy_faceless=args.copy_faceless)
+        fan = fan_out_from(args)
+        settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"],
+                                 args.format)
+        summary = run_batch(settings)
+        rows = [f"{k:>24}: {summary[k]}" for k in ("photos", "skipped_already_done", "processed",
+                                                     "finished_in_library", "seconds", "photos_per_second",
+                                                     "photos_per_second_after_first", "executor", "backend")]
+        rows.append(f"{'statuses':>24}: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())))
+        print("\n".join(rows))
+        print(f"{'manifest':>24}: {args.destination / 'manifest.jsonl'} (summary: summary.json beside it)")
+        if args.json:
+            write_json_atomic(args.json, summary)
+        if summary["finished_in_library"] < summary["photos"]:
+            raise ProtectionFailedError(f"{summary['photos'] - summary['finished_in_library']} photo(s) not cloaked; "
+                                        f"see {args.destination / 'manifest.jsonl'}")
+        return 0

@@ -1,0 +1,126 @@
+"""Loop-budget presets: chosen from measured points by a rule, stored as data, used by the SDK and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecloak.calibration.budget import (
+    ELIGIBLE,
+    choose_presets,
+    eligible,
+    pareto_front,
+    sweep_points,
+)
+from edgecloak.calibration.presets import CHOSEN, DEFAULT_PRESET, SHIPPED, PRESETS, preset, read_presets
+
+OK = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0}
+
+
+def _row(name, seconds, unseen, **kw):
+    return {"name": name, "seconds": seconds, "unseen_rank1_ut": unseen, **OK, **kw}
+
+
+def test_the_front_keeps_only_points_nothing_beats_on_both_axes():
+    rows = [_row("slow-weak", 5, 0.1), _row("fast", 1, 0.1), _row("mid", 2, 0.3), _row("dear", 8, 0.3),
+            _row("best", 9, 0.6)]
+    assert [r["name"] for r in pareto_front(rows)] == ["fast", "mid", "best"]
+
+
+def test_presets_come_from_eligible_points_only():
+    rows = [_row("cheap-but-fails", 0.1, 0.9, self_check_passed=ELIGIBLE["self_check_passed"] - 0.1),
+            _row("one-target", 0.5, 0.5, num_targets=1),  # the K sweep: measured, never a preset
+            _row("a", 1, 0.1), _row("b", 2, 0.2), _row("c", 3, 0.35), _row("d", 10, 0.4)]
+    assert not eligible(rows[0]) and not eligible(rows[1])
+    chosen = {k: v["name"] for k, v in choose_presets(rows).items()}
+    # fast the cheapest eligible; max the most protective; balanced the cheapest with 75% of the gain
+    assert chosen == {"fast": "a", "balanced": "c", "max": "d"}
+    with pytest.raises(ValueError):
+        choose_presets(rows[:1])
+
+
+def test_every_sweep_axis_the_issue_names_is_measured():
+    points = sweep_points()
+    axes = {p.axis for p in points}
+    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble"} <= axes
+    names = [p.name for p in points]
+    assert len(names) == len(set(names))  # names key the cached photos
+    by_name = {p.name: p for p in points}
+    assert all(p.baseline in by_name for p in points if p.baseline)  # every variant has its comparison
+
+
+def test_shipped_presets_carry_their_measured_figures_and_balanced_is_the_default():
+    shipped = read_presets(SHIPPED)
+    assert DEFAULT_PRESET == "balanced" and set(CHOSEN) <= set(shipped)
+    fast, balanced, top = (shipped[n].measured for n in CHOSEN)
+    for figures in (fast, balanced, top):
+        assert eligible(figures)  # each keeps white-box protection and the self-check
+        assert figures["probes"] >= 15
+    assert fast["seconds"] <= balanced["seconds"] <= top["seconds"]
+    assert fast["unseen_rank1_ut"] <= balanced["unseen_rank1_ut"] <= top["unseen_rank1_ut"]
+    data = json.loads(SHIPPED.read_text())
+    assert data["default"] == DEFAULT_PRESET and data["measured"]["machine"]
+
+
+def test_an_installed_calibration_overrides_the_shipped_choice(tmp_path, monkeypatch):
+    import importlib
+
+    import edgecloak.calibration.presets as presets_module
+    from edgecloak.calibration.budget import write_presets_file
+
+    monkeypatch.setenv("EDGECLOAK_HOME", str(tmp_path))
+    mine = preset("max").measured | {"name": "mine"}
+    chosen = {"fast": mine, "balanced": mine, "max": mine}
+    write_presets_file(tmp_path / "presets.json", chosen, {"machine": "test machine"})
+    try:
+        reloaded = importlib.reload(presets_module)
+        assert reloaded.preset("fast").measured["name"] == "mine"
+        assert reloaded.preset("paper").settings == PRESETS["paper"].settings  # fixed recipes stay
+    finally:
+        monkeypatch.delenv("EDGECLOAK_HOME")
+        importlib.reload(presets_module)
+
+
+def test_a_progressive_preset_gets_its_retries_from_the_preset():
+    import argparse
+
+    from edgecloak.cli.settings import add_policy_arguments, policy_from
+
+    parser = argparse.ArgumentParser()
+    add_policy_arguments(parser)
+    parser.add_argument("--preset", default=DEFAULT_PRESET)
+    parser.add_argument("--bundle", default=None)
+    for name in PRESETS:
+        assert policy_from(parser.parse_args(["--preset", name])).retries == preset(name).retries
+    assert policy_from(parser.parse_args(["--retries", "3"])).retries == 3
+    assert policy_from(parser.parse_args(["--bundle", "b"])).retries == 1
+
+
+@pytest.mark.slow
+def test_calibrate_presets_quick_runs_the_real_sweep_and_writes_a_report(tmp_path, capsys):
+    from edgecloak.cli.main import main
+
+    out = tmp_path / "calib"
+    # the three points fan out on two local workers (the mechanism of `edgecloak batch`)
+    code = main(["calibrate", "presets", "-o", str(out), "--quick", "--probes", "1", "--workers", "2"])
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["measured"]["fan_out"] == "2 local worker(s)"
+    rows = {r["name"]: r for r in calibration["points"]}
+    assert set(rows) == {p.name for p in sweep_points(quick=True)}
+    for row in rows.values():
+        assert row["probes"] == 5 and row["seconds"] > 0 and 0 <= row["unseen_rank1_ut"] <= 1
+        assert row["white_box_rank1_t"] is not None and row["psnr_face"] > 20
+    assert rows["m-n32-r4"]["settings"]["rescore_every"] == 4 and rows["m-n32-r4"]["baseline"] == "m-n32"
+    assert (out / "pareto.png").stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "m-n32-r4" in html and "m-n32-r4" in (out / "report.md").read_text()
+    # 5 probes make the bars coarse (one probe = 0.2): presets are written exactly when a point clears them
+    anyone = [r for r in rows.values() if eligible(r)]
+    assert (code == 0) == bool(anyone) == (out / "presets.json").exists()
+    if anyone:
+        written = read_presets(out / "presets.json")
+        assert {n: written[n].measured["name"] for n in CHOSEN} == {k: v["name"] for k, v in calibration["chosen"].items()}
+        assert all(eligible(written[n].measured) for n in CHOSEN) and "paper" in written
+    else:
+        assert code == 4 and "no measured point" in capsys.readouterr().err
