@@ -11,11 +11,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgecloak.errors import UsageError
+from edgecloak.runtime.bundle import sha256_file
+
+__all__ = ["PHOTO_SUFFIXES", "Task", "plan_tasks", "sha256_file"]
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -27,15 +29,6 @@ class Task:
     relative: str
     source: Path
     destination: Path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan_tasks(src: Path, dst: Path, fmt: str = "png") -> list[Task]:
