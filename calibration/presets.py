@@ -78,7 +78,13 @@ def load_presets() -> dict[str, Preset]:
     presets = read_presets(SHIPPED)
     local = installed_path()
     if local.exists():
-        presets.update({k: v for k, v in read_presets(local).items() if k in CHOSEN})
+        try:
+            presets.update({k: v for k, v in read_presets(local).items() if k in CHOSEN})
+        except UsageError as exc:  # never let a damaged local file break every command (or its fix)
+            import warnings
+
+            warnings.warn(f"ignoring this machine's presets: {exc}; using the shipped ones "
+                          "(`edgecloak calibrate presets --install` rewrites it)", stacklevel=2)
     return presets
 
 

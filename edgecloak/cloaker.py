@@ -230,6 +230,12 @@ class Cloaker:
         """
         if num_targets is not None and num_targets < 1:
             raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+        from edgecloak.runtime.config import TIPIMConfig
+
+        try:  # a bad setting is the caller's input: one clear line, not a traceback from deep inside
+            TIPIMConfig(**settings)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
         from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
         from edgecloak.calibration.presets import preset as named_preset
 

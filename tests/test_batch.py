@@ -55,15 +55,21 @@ def _outputs(dst: Path) -> dict[str, bytes]:
 
 def test_the_tree_is_mirrored_and_collisions_keep_their_names(tmp_path):
     (tmp_path / "src/a").mkdir(parents=True)
-    for name in ("a/x.jpg", "a/x.png", "b.JPG", ".secret.jpg"):
+    for name in ("a/x.jpg", "a/x.png", "b.JPG", "C.jpg", "c.png", ".secret.jpg"):
         (tmp_path / "src" / name).write_bytes(b"")
     (tmp_path / "src/out").mkdir()
     (tmp_path / "src/out/old.png").write_bytes(b"")
     tasks = plan_tasks(tmp_path / "src", tmp_path / "src/out")
     assert {t.relative: t.destination.relative_to(tmp_path / "src/out").as_posix() for t in tasks} == {
-        "a/x.jpg": "a/x.jpg.png", "a/x.png": "a/x.png.png", "b.JPG": "b.png"}  # DST inside SRC not walked
+        "a/x.jpg": "a/x.jpg.png", "a/x.png": "a/x.png.png", "b.JPG": "b.png",  # DST inside SRC not walked
+        "C.jpg": "C.jpg.png", "c.png": "c.png.png"}  # names that meet on a case-insensitive disk too
+    (tmp_path / "src/a/x.jpg.png").write_bytes(b"")  # would land on x.jpg's output: refused, not overwritten
+    with pytest.raises(UsageError, match="both be written"):
+        plan_tasks(tmp_path / "src", tmp_path / "src/out")
     with pytest.raises(UsageError):
         plan_tasks(tmp_path / "src", tmp_path / "src")
+    with pytest.raises(UsageError):  # SRC inside DST: outputs could land on originals
+        plan_tasks(tmp_path / "src/a", tmp_path / "src")
     with pytest.raises(UsageError):
         plan_tasks(tmp_path / "missing", tmp_path / "out")
 
@@ -160,3 +166,18 @@ def test_a_killed_run_resumes_with_only_what_was_missing(library, tmp_path):
         assert summary["skipped_already_done"] == 2 and summary["processed"] == 4
     finally:
         changed.write_bytes(original)
+
+    # other settings: every photo is redone (an output made under the old rules never stands)
+    assert main(["batch", str(library), str(dst), *FAST, "--steps", "9", "--json", str(summary_json)]) == 4
+    summary = json.loads(summary_json.read_text())
+    assert summary["skipped_already_done"] == 0 and summary["processed"] == 6
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_one_line(library, tmp_path, capsys):
+    """A broken spec fails in the workers: the pool reports it instead of restarting them forever."""
+    code = main(["batch", str(library), str(tmp_path / "out"), "--bundle", str(tmp_path / "no-bundle"),
+                 "--workers", "2"])
+    assert code != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgecloak:")]
+    assert len(errors) == 1 and "worker process could not start" in errors[0]
+    assert main(["batch", str(library), str(tmp_path / "out"), "--eps", "100"]) == 2  # checked before any worker

@@ -79,10 +79,8 @@ def fan_out(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, use_ra
     items = list(items)
     share = max(1, cores() // workers)
     if not use_ray:
-        import multiprocessing as mp
-
-        with _threads_for_children(share), mp.get_context("spawn").Pool(workers) as pool:
-            yield from pool.imap_unordered(fn, items, chunksize=1)
+        with _threads_for_children(share), _process_pool(workers) as pool:
+            yield from _as_completed(pool, [pool.submit(fn, item) for item in items])
         return
     with ray_session(address) as ray:
         if address:  # on a cluster a job takes a whole worker's share of one node
@@ -133,6 +131,32 @@ class InlineExecutor(Executor):
 _WORKER: PhotoWorker | None = None
 
 
+def _process_pool(workers: int, initializer=None, initargs=()):
+    """Spawned processes (no fork of loaded sessions). A pool whose worker dies or fails to start
+    is broken, not restarted forever: the run stops with the reason (``_as_completed``)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
+
+
+def _as_completed(pool, futures):
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from edgecloak.errors import EdgecloakError
+
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    except BrokenProcessPool as exc:
+        for future in futures:
+            future.cancel()
+        raise EdgecloakError(f"a worker process could not start or died ({exc}); "
+                             "run with --workers 1 to see the error") from None
+
+
 def _start_worker(spec: WorkerSpec) -> None:
     global _WORKER
     _WORKER = PhotoWorker(spec)
@@ -150,13 +174,13 @@ class ProcessExecutor(Executor):
     name = "processes"
 
     def run(self, spec, tasks, root):
-        import multiprocessing as mp
         from dataclasses import replace
 
         if spec.threads is None:
             spec = replace(spec, threads=max(1, cores() // self.workers))
-        with mp.get_context("spawn").Pool(self.workers, initializer=_start_worker, initargs=(spec,)) as pool:
-            for task, record, backend in pool.imap_unordered(_process, [(t, root) for t in tasks], chunksize=1):
+        with _process_pool(self.workers, _start_worker, (spec,)) as pool:
+            futures = [pool.submit(_process, (t, root)) for t in tasks]  # tasks are paths: cheap to queue
+            for task, record, backend in _as_completed(pool, futures):
                 self.backend = backend
                 yield task, record
 
@@ -195,6 +219,10 @@ class RayExecutor(Executor):
             resources = ray.cluster_resources()
             gpus = float(resources.get("GPU", 0.0))
             cpus = float(resources.get("CPU", 1.0))
+            if not self.address and self.workers > cpus:  # actors that can never be placed would wait forever
+                from edgecloak.errors import UsageError
+
+                raise UsageError(f"--workers {self.workers} is more than the {cpus:g} CPUs of the local Ray instance")
             cpus_per_actor = max(1.0, cpus // self.workers) if not self.address else 1.0
             if spec.threads is None:
                 spec = replace(spec, threads=int(cpus_per_actor))

@@ -19,7 +19,7 @@ from edgecloak.runtime.atomic import write_json_atomic
 from .executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor
 from .manifest import Manifest
 from .plan import plan_tasks, sha256_file
-from .worker import WorkerSpec, spec_dict
+from .worker import WorkerSpec, resolved, spec_dict, spec_key
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -58,8 +58,24 @@ def run_batch(settings: BatchSettings, progress: bool = True, log: Callable[[str
             stale.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"{dst}: cannot prepare the output folder ({exc.strerror or exc})") from exc
+    spec = resolved(settings.spec)
+    key = spec_key(spec)
+    from edgecloak.errors import UsageError
+    from edgecloak.runtime.config import TIPIMConfig
+
+    try:  # bad settings fail here, once, not in every worker
+        TIPIMConfig(**spec.settings)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     manifest = Manifest(dst / MANIFEST)
-    pending = [t for t in tasks if not manifest.finished(t, sha256_file(t.source))]
+
+    def finished(task) -> bool:
+        try:
+            return manifest.finished(task, sha256_file(task.source), key)
+        except OSError:  # unreadable now: the worker records why
+            return False
+
+    pending = [t for t in tasks if not finished(t)]
     skipped = len(tasks) - len(pending)
     executor = settings.executor()
     log(f"{len(tasks)} photo(s) under {src}: {skipped} already done, {len(pending)} to cloak on {executor.description}")
@@ -69,7 +85,8 @@ def run_batch(settings: BatchSettings, progress: bool = True, log: Callable[[str
     try:
         with tqdm(total=len(pending), unit="photo", desc="cloak", disable=not progress or not pending) as bar:
             if pending:
-                for task, record in executor.run(settings.spec, pending, dst.resolve()):
+                for task, record in executor.run(spec, pending, dst.resolve()):
+                    record["spec_key"] = key
                     manifest.append(record)
                     statuses[record["status"]] += 1
                     if first_done is None:
@@ -90,7 +107,7 @@ def run_batch(settings: BatchSettings, progress: bool = True, log: Callable[[str
         # throughput once the workers are up (model loading excluded): what a long run sustains
         "photos_per_second_after_first": round((processed - 1) / (time.perf_counter() - first_done), 4)
         if first_done and processed > 1 else None,
-        "spec": spec_dict(settings.spec),
+        "spec": spec_dict(spec), "spec_key": key,
     }
     write_json_atomic(dst / SUMMARY, summary)
     return summary

@@ -2,14 +2,15 @@
 
 A line records the source (path relative to SRC, sha256), the output (path relative to DST,
 sha256), the faces with their self-check figures, the status (``done``, ``no-face``,
-``no-face-copied``, ``dropped``, ``error``), the error, the seconds and the worker. The latest line
-of a source wins. A re-run skips a source whose latest line is ``done`` (or ``no-face-copied``)
-with the same source hash and an output that still has the recorded hash; everything else is
-processed again. A run killed mid-line leaves a truncated last line, which is ignored.
+``no-face-copied``, ``dropped``, ``error``), the error, the seconds, the worker and the key of the
+settings it was made under (``worker.spec_key``). The latest line of a source wins. A re-run skips
+a source whose latest line is ``done`` (or ``no-face-copied``) with the same source hash, the same
+settings key and an output that still has the recorded hash; everything else is processed again.
+A run killed mid-line leaves a truncated last line, which is ignored.
 
 Example:
     >>> manifest = Manifest(Path("cloaked/manifest.jsonl"))          # doctest: +SKIP
-    >>> manifest.finished(task, sha256_file(task.source))          # doctest: +SKIP
+    >>> manifest.finished(task, sha256_file(task.source), spec_key(spec))   # doctest: +SKIP
     True
 """
 
@@ -42,10 +43,12 @@ class Manifest:
                     continue  # a line cut by a kill
         self._fh = None
 
-    def finished(self, task: Task, source_sha256: str) -> bool:
-        """Does the manifest show this photo done, from these bytes, with its output intact?"""
+    def finished(self, task: Task, source_sha256: str, key: str) -> bool:
+        """Does the manifest show this photo done, from these bytes, under these settings, with its
+        output intact?"""
         record = self.latest.get(task.relative)
-        if not record or record.get("status") not in FINISHED or record.get("source_sha256") != source_sha256:
+        if (not record or record.get("status") not in FINISHED or record.get("source_sha256") != source_sha256
+                or record.get("spec_key") != key):
             return False
         try:
             return task.destination.is_file() and sha256_file(task.destination) == record.get("output_sha256")

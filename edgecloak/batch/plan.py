@@ -37,18 +37,23 @@ def plan_tasks(src: Path, dst: Path, fmt: str = "png") -> list[Task]:
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if not src.is_dir():
         raise UsageError(f"{src}: not a folder")
-    if dst == src:
-        raise UsageError("the output folder must not be the source folder (originals are never modified)")
+    if dst == src or dst in src.parents:
+        raise UsageError("the output folder must not be the source folder or contain it (originals are never modified)")
     files = sorted(p for p in src.rglob("*")
                    if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and dst not in p.parents
                    and not any(part.startswith(".") for part in p.relative_to(src).parts))
-    stems: dict[Path, int] = {}
-    for p in files:
-        key = p.relative_to(src).with_suffix("")
+    stems: dict[str, int] = {}
+    for p in files:  # case-folded: on a case-insensitive disk Photo.jpg and photo.png meet too
+        key = p.relative_to(src).with_suffix("").as_posix().casefold()
         stems[key] = stems.get(key, 0) + 1
-    tasks = []
+    tasks, taken = [], {}
     for p in files:
         rel = p.relative_to(src)
-        out = rel.with_suffix(f".{fmt}") if stems[rel.with_suffix("")] == 1 else rel.with_name(f"{rel.name}.{fmt}")
+        unique = stems[rel.with_suffix("").as_posix().casefold()] == 1
+        out = rel.with_suffix(f".{fmt}") if unique else rel.with_name(f"{rel.name}.{fmt}")
+        key = out.as_posix().casefold()
+        if key in taken:  # e.g. x.jpg + x.png + x.jpg.png: refuse rather than let one overwrite another
+            raise UsageError(f"{rel} and {taken[key]} would both be written to {out}; rename one of them")
+        taken[key] = rel
         tasks.append(Task(rel.as_posix(), p, dst / out))
     return tasks

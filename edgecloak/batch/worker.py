@@ -36,6 +36,8 @@ class WorkerSpec:
     jpeg_quality: int | None = None  # for .jpg outputs
     copy_faceless: bool = False  # write photos without a detected face (metadata stripped)
     threads: int | None = None  # CPU threads per worker (None: all of this process's)
+    surrogates: tuple[str, ...] | None = None  # the preset's, spelled out by ``resolved``
+    num_targets: int | None = None
 
 
 class PhotoWorker:
@@ -49,7 +51,7 @@ class PhotoWorker:
         self.spec = spec
         policy = SafetyPolicy(**spec.policy) if spec.policy else None
         self.cloaker = Cloaker.load(bundle=spec.bundle, backend=spec.backend, preset=spec.preset, policy=policy,
-                                    **spec.settings)
+                                    surrogates=spec.surrogates, num_targets=spec.num_targets, **spec.settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
@@ -96,10 +98,39 @@ class PhotoWorker:
             record["seconds"] = round(time.perf_counter() - t0, 3)
             if record.get("status") not in ("done", "no-face-copied"):
                 # DST mirrors the manifest: no output stands for a photo that did not finish now
-                task.destination.unlink(missing_ok=True)
+                try:
+                    task.destination.unlink(missing_ok=True)
+                except OSError as exc:
+                    record["error"] = f"{record.get('error')}; and the old output could not be removed ({exc})"
         return record
 
 
 def spec_dict(spec: WorkerSpec) -> dict[str, Any]:
     """The spec as recorded in the summary."""
     return asdict(spec)
+
+
+def resolved(spec: WorkerSpec) -> WorkerSpec:
+    """The spec with its preset spelled out (surrogates, settings, retries), resolved once by the
+    driver: every worker, on every node, then runs the same recipe whatever presets it has installed."""
+    from dataclasses import replace
+
+    from edgecloak.calibration.presets import preset
+
+    if spec.bundle is not None:
+        return spec
+    recipe = preset(spec.preset)
+    policy = {"retries": recipe.retries, **spec.policy}
+    return replace(spec, surrogates=tuple(recipe.surrogates), num_targets=recipe.num_targets,
+                   settings={**recipe.settings, **spec.settings}, policy=policy)
+
+
+def spec_key(spec: WorkerSpec) -> str:
+    """A short hash of everything that decides an output's bytes (not the thread count): a manifest
+    line made under another key is redone, so changing the preset, a setting, the policy or
+    --copy-faceless never leaves an output made under the old rules."""
+    import hashlib
+    import json
+
+    fields = {k: v for k, v in asdict(spec).items() if k != "threads"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
