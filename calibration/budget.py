@@ -1,5 +1,7 @@
-"""Loop budgets by measurement: sweep the loop's settings on the evaluation protocol, find the
-protection-vs-latency Pareto front, and pick the fast / balanced / max presets from it.
+"""Loop budgets by measurement: the sweep's points, what each is judged on, the
+protection-vs-latency Pareto front, the rule that picks fast / balanced / max from it, and the
+presets file it writes. Pure data and arithmetic; running the points (through the SDK, on the
+evaluation protocol) is ``edgecloak.evaluation.budget``, one floor up.
 
 Each ``BudgetPoint`` is one way of spending work on a face (surrogates, N, K, diversity, MMD,
 re-scoring, self-check retries). It is run through the SDK exactly as users get it (the runtime on
@@ -43,13 +45,6 @@ class BudgetPoint:
     retries: int = 1  # the SDK's default
     axis: str = "steps"
     baseline: str | None = None  # the point this one is a cheaper/dearer variant of (savings table)
-
-    def method(self, backend: str = "auto", seed: int = 0):
-        """The point as an evaluation method (``CloakerMethod`` through the SDK)."""
-        from edgecloak.evaluation.methods import CloakerMethod
-
-        return CloakerMethod(self.name, self.surrogates, {**self.settings, "seed": seed}, backend,
-                             family="calibration", retries=self.retries, num_targets=self.num_targets)
 
 
 def _point(surrogates: Sequence[str], steps: int, axis: str, suffix: str = "", alpha: float = 2.0,
@@ -178,28 +173,6 @@ def choose_presets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# running
-def run_sweep(out, points: Sequence[BudgetPoint], probes_per_identity: int = 3, backend: str = "auto",
-              seed: int = 0, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
-              ray_address: str | None = None) -> tuple[dict, list[dict[str, Any]]]:
-    """Evaluate every point (resumable: the evaluation's caches) and return (results, figures).
-
-    Scored on clean uploads and JPEG 75 (the robustness a preset keeps after a typical upload).
-    ``workers``/``ray``: fan the points out (see ``EvalSettings``); latency is then measured on
-    shared cores unless each worker has a machine of its own (a Ray cluster).
-    """
-    from pathlib import Path
-
-    from edgecloak.evaluation.harness import EvalSettings, run_evaluation
-
-    settings = EvalSettings(out=Path(out), probes_per_identity=probes_per_identity, methods=("none",),
-                            transforms=("none", "jpeg75"), sweeps=False, seed=seed, backend=backend,
-                            workers=workers, ray=ray, ray_address=ray_address)
-    results = run_evaluation(settings, progress, log, extra_methods=[p.method(backend, seed) for p in points])
-    return results, point_figures(results, points)
-
-
-# ----------------------------------------------------------------------------------------------
 # presets as data
 PRODUCT_TARGETS = 10  # K of a preset's bundle: the user gets 10 target identities to hide among
 
@@ -262,57 +235,3 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{model}, {len(os.sched_getaffinity(0))} cores ({platform.system()})"
-
-
-# ----------------------------------------------------------------------------------------------
-# the whole calibration
-def calibrate(out, quick: bool = False, probes_per_identity: int = 3, backend: str = "auto", seed: int = 0,
-              install: bool = False, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
-              ray_address: str | None = None) -> dict[str, Any]:
-    """Sweep, choose fast / balanced / max, write ``out``/calibration.json, presets.json and the report
-    (``install``: also ``$EDGECLOAK_HOME/presets.json``, used by every later run on this machine).
-
-    Returns the calibration (``chosen`` is empty when no point is eligible; nothing is installed then).
-
-    Example:
-        >>> calibration = calibrate("calib-out", quick=True)          # doctest: +SKIP
-        >>> sorted(calibration["chosen"])                              # doctest: +SKIP
-        ['balanced', 'fast', 'max']
-    """
-    import time
-    from pathlib import Path
-
-    from edgecloak.runtime.atomic import write_json_atomic
-
-    from .presets import installed_path
-    from .report import write_budget_report
-
-    out = Path(out)
-    points = sweep_points(quick)
-    results, rows = run_sweep(out, points, probes_per_identity, backend, seed, progress, log, workers, ray, ray_address)
-    try:
-        chosen = choose_presets(rows)
-    except ValueError as exc:
-        log(f"warning: {exc}")
-        chosen = {}
-    backends = sorted({b for p in points for b in results["backends"].get(p.name, [])})
-    meta = {
-        "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-        "command": "edgecloak calibrate presets" + (" --quick" if quick else "")
-                   + (f" --probes {probes_per_identity}" if probes_per_identity != 3 else ""),
-        "probes": len(results["protocol"]["probes"]), "users": len(results["protocol"]["users"]),
-        "eval_targets": len(results["protocol"]["users"]) - 1, "backend": "; ".join(backends) or backend,
-        "git_commit": results["versions"].get("git_commit"),
-        "fan_out": None if workers == 1 and not ray else f"{workers} {'Ray' if ray else 'local'} worker(s)"
-                   + (f" at {ray_address}" if ray_address else ""),
-    }
-    calibration = {"measured": meta, "points": rows, "chosen": chosen,
-                   "front": [r["name"] for r in pareto_front([r for r in rows if eligible(r)])]}
-    write_json_atomic(out / "calibration.json", calibration)
-    write_budget_report(calibration, out)
-    if chosen:
-        write_presets_file(out / "presets.json", chosen, meta, rows=rows)
-        if install:
-            installed_path().parent.mkdir(parents=True, exist_ok=True)
-            write_presets_file(installed_path(), chosen, meta, rows=rows)
-    return calibration

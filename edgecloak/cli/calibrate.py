@@ -55,7 +55,7 @@ class CalibrateCommand:
 
     @staticmethod
     def presets(args: argparse.Namespace) -> int:
-        from edgecloak.calibration.budget import calibrate
+        from edgecloak.evaluation.budget import calibrate
         from edgecloak.errors import UsageError
 
         if args.probes < 1:

@@ -1,0 +1,98 @@
+"""Running the loop-budget calibration: every ``BudgetPoint`` (``edgecloak.calibration.budget``)
+through the SDK on the evaluation protocol, then the choice of presets, the presets file and the
+Pareto report (``budget_report.py``). ``edgecloak calibrate presets`` calls ``calibrate``.
+
+Example:
+    >>> calibration = calibrate("calib-out", quick=True)          # doctest: +SKIP
+    >>> sorted(calibration["chosen"])                              # doctest: +SKIP
+    ['balanced', 'fast', 'max']
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgecloak.calibration.budget import (
+    BudgetPoint,
+    choose_presets,
+    eligible,
+    machine_description,
+    pareto_front,
+    point_figures,
+    sweep_points,
+    write_presets_file,
+)
+from edgecloak.calibration.presets import installed_path
+from edgecloak.runtime.atomic import write_json_atomic
+
+from .budget_report import write_budget_report
+from .harness import EvalSettings, run_evaluation
+from .methods import CloakerMethod
+
+
+def point_method(point: BudgetPoint, backend: str = "auto", seed: int = 0) -> CloakerMethod:
+    """A sweep point as an evaluation method (``CloakerMethod`` through the SDK)."""
+    return CloakerMethod(point.name, point.surrogates, {**point.settings, "seed": seed}, backend,
+                         family="calibration", retries=point.retries, num_targets=point.num_targets)
+
+
+def run_sweep(out, points: Sequence[BudgetPoint], probes_per_identity: int = 3, backend: str = "auto",
+              seed: int = 0, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
+              ray_address: str | None = None) -> tuple[dict, list[dict[str, Any]]]:
+    """Evaluate every point (resumable: the evaluation's caches) and return (results, figures).
+
+    Scored on clean uploads and JPEG 75 (the robustness a preset keeps after a typical upload).
+    ``workers``/``ray``: fan the points out (see ``EvalSettings``); latency is then measured on
+    shared cores unless each worker has a machine of its own (a Ray cluster).
+    """
+    settings = EvalSettings(out=Path(out), probes_per_identity=probes_per_identity, methods=("none",),
+                            transforms=("none", "jpeg75"), sweeps=False, seed=seed, backend=backend,
+                            workers=workers, ray=ray, ray_address=ray_address)
+    results = run_evaluation(settings, progress, log, extra_methods=[point_method(p, backend, seed) for p in points])
+    return results, point_figures(results, points)
+
+
+def calibrate(out, quick: bool = False, probes_per_identity: int = 3, backend: str = "auto", seed: int = 0,
+              install: bool = False, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
+              ray_address: str | None = None) -> dict[str, Any]:
+    """Sweep, choose fast / balanced / max, write ``out``/calibration.json, presets.json and the report
+    (``install``: also ``$EDGECLOAK_HOME/presets.json``, used by every later run on this machine).
+
+    Returns the calibration (``chosen`` is empty when no point is eligible; nothing is installed then).
+
+    Example:
+        >>> calibration = calibrate("calib-out", quick=True)          # doctest: +SKIP
+        >>> sorted(calibration["chosen"])                              # doctest: +SKIP
+        ['balanced', 'fast', 'max']
+    """
+    out = Path(out)
+    points = sweep_points(quick)
+    results, rows = run_sweep(out, points, probes_per_identity, backend, seed, progress, log, workers, ray, ray_address)
+    try:
+        chosen = choose_presets(rows)
+    except ValueError as exc:
+        log(f"warning: {exc}")
+        chosen = {}
+    backends = sorted({b for p in points for b in results["backends"].get(p.name, [])})
+    meta = {
+        "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+        "command": "edgecloak calibrate presets" + (" --quick" if quick else "")
+                   + (f" --probes {probes_per_identity}" if probes_per_identity != 3 else ""),
+        "probes": len(results["protocol"]["probes"]), "users": len(results["protocol"]["users"]),
+        "eval_targets": len(results["protocol"]["users"]) - 1, "backend": "; ".join(backends) or backend,
+        "git_commit": results["versions"].get("git_commit"),
+        "fan_out": None if workers == 1 and not ray else f"{workers} {'Ray' if ray else 'local'} worker(s)"
+                   + (f" at {ray_address}" if ray_address else ""),
+    }
+    calibration = {"measured": meta, "points": rows, "chosen": chosen,
+                   "front": [r["name"] for r in pareto_front([r for r in rows if eligible(r)])]}
+    write_json_atomic(out / "calibration.json", calibration)
+    write_budget_report(calibration, out)
+    if chosen:
+        write_presets_file(out / "presets.json", chosen, meta, rows=rows)
+        if install:
+            installed_path().parent.mkdir(parents=True, exist_ok=True)
+            write_presets_file(installed_path(), chosen, meta, rows=rows)
+    return calibration
