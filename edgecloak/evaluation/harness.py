@@ -93,9 +93,8 @@ def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, Protecti
         "edge": CloakerMethod("edge", edge.surrogates, {**edge.settings, "seed": seed}, backend),
         "paper": CloakerMethod("paper", paper.surrogates, {**paper.settings, "seed": seed}, backend),
         # the measured presets (calibration/presets.json), as configured (no self-check retries)
-        **{name: CloakerMethod(name, p.surrogates, {**p.settings, "seed": seed}, backend,
-                               num_targets=p.num_targets if p.num_targets < 4 else None)
-           for name, p in ((n, PRESETS[n]) for n in CHOSEN if n in PRESETS)},
+        **{name: CloakerMethod(name, PRESETS[name].surrogates, {**PRESETS[name].settings, "seed": seed}, backend)
+           for name in CHOSEN if name in PRESETS},
     }
 
 
