@@ -82,17 +82,25 @@ def test_an_installed_calibration_overrides_the_shipped_choice(tmp_path, monkeyp
         importlib.reload(presets_module)
 
 
-def test_a_progressive_preset_gets_its_retries_from_the_preset():
+def test_a_preset_gives_its_retries_to_the_policy(monkeypatch):
     import argparse
+    from dataclasses import replace
 
+    import edgecloak.calibration.presets as presets_module
     from edgecloak.cli.settings import add_policy_arguments, policy_from
+
+    # a progressive preset (more retries than the default 1) must reach the policy (the module's own
+    # dict: another test reloads the module)
+    live = presets_module.PRESETS
+    monkeypatch.setitem(live, "fast", replace(live["fast"], retries=3))
 
     parser = argparse.ArgumentParser()
     add_policy_arguments(parser)
     parser.add_argument("--preset", default=DEFAULT_PRESET)
     parser.add_argument("--bundle", default=None)
-    for name in PRESETS:
-        assert policy_from(parser.parse_args(["--preset", name])).retries == preset(name).retries
+    for name in live:
+        assert policy_from(parser.parse_args(["--preset", name])).retries == live[name].retries
+    assert policy_from(parser.parse_args(["--preset", "fast"])).retries == 3
     assert policy_from(parser.parse_args(["--retries", "3"])).retries == 3
     assert policy_from(parser.parse_args(["--bundle", "b"])).retries == 1
 

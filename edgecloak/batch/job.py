@@ -18,7 +18,7 @@ from edgecloak.runtime.atomic import write_json_atomic
 
 from .executors import Executor, InlineExecutor, ProcessExecutor, RayExecutor
 from .manifest import Manifest
-from .plan import plan_tasks, sha256_file
+from .plan import plan_tasks
 from .worker import WorkerSpec, resolved, spec_dict, spec_key
 
 MANIFEST = "manifest.jsonl"
@@ -68,14 +68,7 @@ def run_batch(settings: BatchSettings, progress: bool = True, log: Callable[[str
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     manifest = Manifest(dst / MANIFEST)
-
-    def finished(task) -> bool:
-        try:
-            return manifest.finished(task, sha256_file(task.source), key)
-        except OSError:  # unreadable now: the worker records why
-            return False
-
-    pending = [t for t in tasks if not finished(t)]
+    pending = [t for t in tasks if not manifest.finished(t, key)]
     skipped = len(tasks) - len(pending)
     executor = settings.executor()
     log(f"{len(tasks)} photo(s) under {src}: {skipped} already done, {len(pending)} to cloak on {executor.description}")

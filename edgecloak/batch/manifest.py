@@ -10,7 +10,7 @@ A run killed mid-line leaves a truncated last line, which is ignored.
 
 Example:
     >>> manifest = Manifest(Path("cloaked/manifest.jsonl"))          # doctest: +SKIP
-    >>> manifest.finished(task, sha256_file(task.source), spec_key(spec))   # doctest: +SKIP
+    >>> manifest.finished(task, spec_key(spec))                      # doctest: +SKIP
     True
 """
 
@@ -43,15 +43,15 @@ class Manifest:
                     continue  # a line cut by a kill
         self._fh = None
 
-    def finished(self, task: Task, source_sha256: str, key: str) -> bool:
-        """Does the manifest show this photo done, from these bytes, under these settings, with its
-        output intact?"""
+    def finished(self, task: Task, key: str) -> bool:
+        """Does the manifest show this photo done, from its current bytes, under these settings, with
+        its output intact? Files are hashed only for a finished line (a fresh run reads nothing)."""
         record = self.latest.get(task.relative)
-        if (not record or record.get("status") not in FINISHED or record.get("source_sha256") != source_sha256
-                or record.get("spec_key") != key):
+        if not record or record.get("status") not in FINISHED or record.get("spec_key") != key:
             return False
-        try:
-            return task.destination.is_file() and sha256_file(task.destination) == record.get("output_sha256")
+        try:  # unreadable now: not finished, and the worker records why
+            return (sha256_file(task.source) == record.get("source_sha256") and task.destination.is_file()
+                    and sha256_file(task.destination) == record.get("output_sha256"))
         except OSError:
             return False
 
