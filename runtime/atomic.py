@@ -1,14 +1,21 @@
-"""Atomic small-file writes: a temporary file in the same folder, fsync, rename (0644).
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename (or link) into place.
 
-Readers see the old file or the new one, never half of one. Images go through
-``image_io.save_image_atomic``; this is for JSON sidecars, results and markers.
+Readers see the old file or the new one, never half of one. This is the one writer of finished
+files: images (``image_io.save_image_atomic`` encodes, then calls ``write_bytes_atomic``), JSON
+sidecars, results and markers. The temporary file is removed on any way out, Ctrl-C included, so
+an interrupted write leaves nothing behind.
+
+``overwrite=False`` never replaces an existing file, race-free: the finished temporary file is
+hard-linked to the destination (``link`` fails when the name exists) instead of renamed over it.
 
 Example:
-    >>> write_json_atomic(Path("/tmp/x.json"), {"ok": True})   # doctest: +SKIP
+    >>> write_json_atomic(Path("/tmp/x.json"), {"ok": True})             # doctest: +SKIP
+    >>> write_bytes_atomic(Path("/tmp/x.png"), data, overwrite=False)     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -18,20 +25,82 @@ from typing import Any
 from edgecloak.errors import OutputError
 
 
-def write_json_atomic(path: Path, body: Any) -> None:
-    """JSON (indented, ``str`` for unknown types) to ``path`` atomically; ``OutputError`` on failure."""
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (mode 0644, or the replaced file's); return the path.
+
+    ``overwrite=False`` raises ``OutputError`` when ``path`` exists, and never replaces it.
+
+    Raises:
+        OutputError: missing or read-only folder, disk full, the file exists (``overwrite=False``).
+
+    Example:
+        >>> write_bytes_atomic("out/photo.png", png_bytes, overwrite=False)   # doctest: +SKIP
+        PosixPath('out/photo.png')
+    """
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise OutputError(f"{path}: cannot write in {path.parent} ({_reason(exc)}); "
+                          "check the folder exists and is writable") from exc
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read
-        os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes the file 0600; outputs are meant to be read (keep a replaced file's mode)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if overwrite and path.exists() else 0o644)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: could not write ({exc.strerror or exc}); check free space") from exc
+        if isinstance(exc, FileExistsError):
+            raise OutputError(f"{path}: already exists and was not replaced; pass --overwrite to replace it "
+                              "or choose another output") from None
+        raise OutputError(f"{path}: could not write ({_reason(exc)}); check free space and that the folder "
+                          "is writable") from exc
+    finally:  # on success the name is gone already; on any failure (Ctrl-C too) nothing is left behind
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)  # make the rename itself durable; best effort
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], body: Any, *, overwrite: bool = True) -> Path:
+    """JSON (indented, ``str`` for unknown types) to ``path`` atomically; ``OutputError`` on failure.
+
+    Example:
+        >>> write_json_atomic("out/summary.json", {"faces": 1})   # doctest: +SKIP
+    """
+    return write_bytes_atomic(path, json.dumps(body, indent=1, default=str).encode(), overwrite=overwrite)
+
+
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    """Put ``tmp`` at ``path`` unless ``path`` exists (``FileExistsError``), atomically where links exist."""
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # a filesystem without hard links (FAT, some FUSE mounts): check, then rename (a small window)
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the data itself is already synced
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

@@ -5,8 +5,9 @@ array, upright (EXIF orientation applied to the pixels), with every bit of metad
 ICC, XMP, comments) left behind. Anything that cannot be read safely -- empty, truncated, not an
 image, too large -- raises ``InputImageError`` with a one-line message naming the file.
 
-Writing (``save_image_atomic``) never leaves a half-written file where the output should be: it
-writes a temporary file in the same folder, fsyncs it and renames it over the target.
+Writing: ``OutputFormat`` encodes an array into the bytes of a PNG or JPEG with no metadata;
+``save_image_atomic`` writes them through ``atomic.write_bytes_atomic``, which never leaves a
+half-written file where the output should be.
 
 Decisions (documented here because callers rely on them):
 
@@ -36,13 +37,15 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from edgecloak.errors import InputImageError, OutputError
+from edgecloak.errors import InputImageError, OutputError, UsageError
+
+from .atomic import write_bytes_atomic
 
 # 50 MP covers every phone and most DSLR photos (a 48 MP phone sensor is 8064 x 6048 = 48.8 MP)
 # while refusing canvases that would take gigabytes to decode.
@@ -125,59 +128,97 @@ def load_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_
             ) from exc
 
 
-def save_image_atomic(path: str | os.PathLike[str], rgb: np.ndarray, jpeg_quality: int | None = None) -> Path:
+@dataclass(frozen=True)
+class OutputFormat:
+    """How an output is encoded: lossless PNG, or JPEG at ``jpeg_quality`` (1..100, 4:4:4 chroma).
+
+    The SDK encodes a protected photo with it and runs the self-check on the decoded bytes, so a
+    lossy format that erodes the mask is caught before anything is written.
+
+    Example:
+        >>> OutputFormat.for_path("out/me.jpg", 90)
+        OutputFormat(kind='jpeg', jpeg_quality=90)
+        >>> OutputFormat().lossy
+        False
+    """
+
+    kind: str = "png"  # "png" | "jpeg"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("png", "jpeg"):
+            raise UsageError(f"unknown output format {self.kind!r}; choose png or jpg")
+        if isinstance(self.jpeg_quality, bool) or not isinstance(self.jpeg_quality, int) \
+                or not 1 <= self.jpeg_quality <= 100:
+            raise UsageError(f"--jpeg-quality must be a whole number in 1..100, got {self.jpeg_quality!r}")
+
+    @classmethod
+    def named(cls, name: str, jpeg_quality: int | None = None) -> "OutputFormat":
+        """From a CLI ``--format`` (``png``, ``jpg`` or ``jpeg``) and ``--jpeg-quality``."""
+        kind = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg"}.get(name.lower())
+        if kind is None:
+            raise UsageError(f"unknown output format {name!r}; choose png or jpg")
+        return cls(kind, DEFAULT_JPEG_QUALITY if jpeg_quality is None else jpeg_quality)
+
+    @classmethod
+    def for_path(cls, path: str | os.PathLike[str], jpeg_quality: int | None = None) -> "OutputFormat":
+        """The format an output path's extension asks for (``OutputError`` for other extensions)."""
+        suffix = Path(path).suffix.lower()
+        if suffix not in _WRITE_FORMATS:
+            raise OutputError(f"{path}: unsupported output extension {suffix!r}; use .png (lossless) or .jpg")
+        return cls.named(suffix[1:], jpeg_quality)
+
+    @property
+    def lossy(self) -> bool:
+        return self.kind == "jpeg"
+
+    @property
+    def suffix(self) -> str:
+        return ".jpg" if self.lossy else ".png"
+
+    def describe(self) -> str:
+        return f"JPEG quality {self.jpeg_quality}" if self.lossy else "lossless PNG"
+
+    def encode(self, rgb: np.ndarray) -> bytes:
+        """The file bytes of an H x W x 3 uint8 RGB array, with no metadata at all."""
+        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+            raise ValueError(f"expected an H x W x 3 uint8 array, got {getattr(rgb, 'dtype', type(rgb))} "
+                             f"{getattr(rgb, 'shape', '')}")
+        if self.lossy:
+            options: dict[str, object] = {"quality": self.jpeg_quality, "subsampling": 0, "optimize": True}
+        else:
+            options = {"compress_level": 6}
+        buffer = io.BytesIO()
+        try:
+            # A fresh Image from the array carries no EXIF/ICC/text: nothing private is written.
+            Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").save(buffer, format=_WRITE_FORMATS[self.suffix],
+                                                                        **options)
+        except Exception as exc:  # Pillow raises OSError, ValueError, ... from its encoders
+            raise OutputError(f"could not encode the image as {self.describe()} ({_short(exc)})") from exc
+        return buffer.getvalue()
+
+
+def save_image_atomic(path: str | os.PathLike[str], rgb: np.ndarray, jpeg_quality: int | None = None,
+                      *, overwrite: bool = True) -> Path:
     """Write an RGB uint8 array to ``path`` atomically, without metadata; return the path.
 
     The format follows the extension: ``.png`` (lossless, the recommended default) or
     ``.jpg``/``.jpeg`` (quality ``jpeg_quality``, default 95, 4:4:4 chroma so colour detail of the
-    mask is not halved; ``jpeg_quality`` is ignored for PNG). The data goes to a temporary file in
-    the same folder, is fsynced, then renamed over ``path``; a failure removes the temporary file
-    and leaves ``path`` as it was.
+    mask is not halved; ``jpeg_quality`` is ignored for PNG). Written through
+    ``atomic.write_bytes_atomic``: a failure leaves ``path`` as it was and no temporary file;
+    ``overwrite=False`` never replaces an existing file.
 
     Raises:
-        OutputError: unsupported extension, missing or read-only folder, disk full, ...
+        OutputError: unsupported extension, missing or read-only folder, disk full, file exists, ...
+        UsageError: ``jpeg_quality`` outside 1..100.
         ValueError: ``rgb`` is not an H x W x 3 uint8 array (a programming error).
 
     Example:
         >>> save_image_atomic("out/photo.cloaked.png", rgb)  # doctest: +SKIP
         PosixPath('out/photo.cloaked.png')
     """
-    path = Path(path)
-    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
-        raise ValueError(f"expected an H x W x 3 uint8 array, got {getattr(rgb, 'dtype', type(rgb))} {getattr(rgb, 'shape', '')}")
-    fmt = _WRITE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise OutputError(f"{path}: unsupported output extension {path.suffix!r}; use .png (lossless) or .jpg")
-    options: dict[str, object] = {}
-    if fmt == "JPEG":
-        quality = DEFAULT_JPEG_QUALITY if jpeg_quality is None else int(jpeg_quality)
-        if not 1 <= quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
-        options = {"quality": quality, "subsampling": 0, "optimize": True}
-    else:
-        options = {"compress_level": 6}
-
-    parent = path.parent
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {parent} ({exc.strerror or exc}); check the folder exists and is writable") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # A fresh Image from the array carries no EXIF/ICC/text: nothing private is written.
-            Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").save(fh, format=fmt, **options)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file 0600; give the output ordinary permissions (or the old file's).
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _short(exc)
-        raise OutputError(f"{path}: could not write ({reason}); check free space and that the folder is writable") from exc
-    _fsync_dir(parent)  # make the rename itself durable; best effort
-    return path
+    data = OutputFormat.for_path(path, jpeg_quality).encode(rgb)
+    return write_bytes_atomic(path, data, overwrite=overwrite)
 
 
 def _check_size(name: str, size: tuple[int, int], max_pixels: int) -> None:
@@ -212,19 +253,6 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         return np.ascontiguousarray(out.astype(np.uint8))
     # np.array copies: np.asarray would hand out a read-only view of Pillow's buffer.
     return np.array(img.convert("RGB"), dtype=np.uint8, order="C")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the data itself is already synced
-    finally:
-        os.close(fd)
 
 
 def _short(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edgecloak.errors import InputImageError, OutputError
+from edgecloak.errors import InputImageError, OutputError, UsageError
 from edgecloak.export.zoo.fetch import member_path
 from edgecloak.runtime import image_io
 from edgecloak.runtime.image_io import load_image, save_image_atomic
@@ -305,7 +305,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         save_image_atomic(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError):
         save_image_atomic(tmp_path / "out.png", np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="1..100"):  # the user's flag: a one-line usage error
         save_image_atomic(tmp_path / "out.jpg", np.zeros((4, 4, 3), np.uint8), jpeg_quality=0)
     assert list(tmp_path.iterdir()) == []
 

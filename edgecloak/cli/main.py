@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, the error's exit_code on a typed error)."""
+    for stream in (sys.stdout, sys.stderr):
+        # a file name that is not valid UTF-8 (an old camera card, a Windows share) must print, not crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

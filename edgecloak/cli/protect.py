@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
 from edgecloak.errors import EdgecloakError, OutputError, UsageError
+from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.backends import BACKENDS
 
 from .settings import add_policy_arguments, add_settings_arguments, policy_from, settings_from
@@ -39,6 +40,8 @@ class ProtectCommand:
         p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
         p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when --format jpg")
         p.add_argument("--json", type=Path, default=None, help="also write the per-face summary as JSON here")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace output files that already exist (never the input photos themselves)")
         p.set_defaults(handler=ProtectCommand.run)
 
     @staticmethod
@@ -46,37 +49,53 @@ class ProtectCommand:
         from tqdm import tqdm
 
         from edgecloak.cloaker import Cloaker
+        from edgecloak.output_paths import duplicates, plan_outputs
+        from edgecloak.runtime.image_io import OutputFormat
 
         outdir: Path = args.outdir
+        output = OutputFormat.named(args.format, args.jpeg_quality)  # a bad quality fails now, not after cloaking
         if args.sample:
             from edgecloak.export.zoo.photos import sample_photo
 
             args.photos = [*args.photos, sample_photo()]
         if not args.photos:
             raise UsageError("give at least one photo (or --sample)")
-        inputs = {p.resolve() for p in args.photos if p.exists()}
+        if args.json is not None:
+            check_writable_parent(args.json, "--json")
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
+        planned = plan_outputs(args.photos, outdir, output.suffix)
+        summary, exit_code = [], 0
+        if not args.overwrite:  # refuse before minutes of work (protect_file checks again, race-free, on writing)
+            for item in [i for i in planned if i.destination.exists() or i.destination.is_symlink()]:
+                err = OutputError(f"{item.destination}: already exists; pass --overwrite to replace it or choose another output")
+                print(f"edgecloak: error: {err}", file=sys.stderr)
+                exit_code = err.exit_code
+                summary.append({"photo": str(item.source), "error": str(err)})
+                planned.remove(item)
+        if not planned:
+            _write_summary(args.json, summary)
+            return exit_code
 
         surrogates = args.surrogates.split(",") if args.surrogates else None
         cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, preset=args.preset, surrogates=surrogates,
                                target_photos=args.target, num_targets=args.num_targets, policy=policy_from(args),
                                **settings_from(args))
         print(f"backend: {cloaker.backend}")
+        for photo in duplicates(args.photos):
+            print(f"note: {photo} was given more than once; protected once")
 
-        summary, exit_code = [], 0
-        for photo in args.photos:
-            dest = outdir / f"{photo.stem}.{args.format}"
-            if dest.resolve() in inputs:
-                dest = outdir / f"{photo.stem}.cloaked.{args.format}"
-            bar = tqdm(total=cloaker.config.steps, desc=photo.name, unit="step", leave=False)
+        for item in planned:
+            photo, dest = item.source, item.destination
+            if item.note:
+                print(f"note: {photo} -> {dest} ({item.note})")
+            # progress on a terminal only: scripts and logs get the summary lines, not bar redraws
+            bar = tqdm(total=cloaker.config.steps, desc=photo.name, unit="step", leave=False, disable=None)
             try:
-                result = cloaker.protect_file(
-                    photo, dest, jpeg_quality=args.jpeg_quality if args.format == "jpg" else None,
-                    on_step=lambda _i: bar.update(1),
-                )
+                result = cloaker.protect_file(photo, dest, jpeg_quality=output.jpeg_quality, on_step=lambda _i: bar.update(1),
+                                              overwrite=args.overwrite)
             except EdgecloakError as err:
                 bar.close()
                 print(f"edgecloak: error: {err}", file=sys.stderr)
@@ -84,8 +103,10 @@ class ProtectCommand:
                 summary.append({"photo": str(photo), "error": str(err)})
                 continue
             bar.close()
-            note = f" (JPEG quality {args.jpeg_quality})" if args.format == "jpg" else " (lossless PNG)"
-            print(f"{photo} -> {dest}{note}: {len(result.faces)} face(s), max pixel change {result.max_abs_change}")
+            change = f"max pixel change {result.max_abs_change}"
+            if output.lossy:  # the JPEG's own error adds to the mask; say both, measured on the written file
+                change += f" in the written file (mask {result.mask_max_abs_change} before encoding)"
+            print(f"{photo} -> {dest} ({output.describe()}): {len(result.faces)} face(s), {change}")
             for i, face in enumerate(result.faces):
                 state = "" if face.action == "cloaked" else f" {face.action.upper()}: {face.reason}"
                 margin = "" if face.margin is None else f" margin={face.margin:+.2f}"
@@ -94,8 +115,22 @@ class ProtectCommand:
                 for model, s in face.similarity.items():
                     print(f"    {model:<14} sim(original) 1.00 -> {s['original_after']:.2f}   "
                           f"sim(target) {s['target_before']:.2f} -> {s['target_after']:.2f}")
-            summary.append({"photo": str(photo), "output": str(dest), "max_abs_change": result.max_abs_change,
+            summary.append({"photo": str(photo), "output": str(dest), "format": output.describe(),
+                            "max_abs_change": result.max_abs_change, "mask_max_abs_change": result.mask_max_abs_change,
                             "faces": [vars(f) for f in result.faces]})
-        if args.json:
-            args.json.write_text(json.dumps(summary, indent=2))
+        _write_summary(args.json, summary)
         return exit_code
+
+
+def _write_summary(path: Path | None, summary: list) -> None:
+    if path is not None:
+        write_json_atomic(path, summary)
+
+
+def check_writable_parent(path: Path, flag: str) -> None:
+    """``UsageError`` now, before any work, when ``path`` cannot be written (missing or read-only folder)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {parent} is not writable")
