@@ -18,14 +18,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from edgecloak.runtime.atomic import write_bytes_atomic
 from edgecloak.runtime.face_region import box_iou as iou
 
 # Bump when what is cached changes meaning (alignment, detector post-processing, ...).
@@ -52,10 +52,9 @@ def image_digest(image: np.ndarray) -> str:
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _manifest_tag(model_dir: Path) -> str:

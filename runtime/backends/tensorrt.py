@@ -42,7 +42,6 @@ import ctypes
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,8 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecloak.errors import EdgecloakError, ModelError
+from edgecloak.errors import EdgecloakError, ModelError, OutputError
 
+from ..atomic import write_bytes_atomic
 from ..paths import edgecloak_home
 from .base import Backend, SurrogateEngine, SurrogateFiles
 from .pytorch import optional_torch
@@ -133,22 +133,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
@@ -723,13 +707,14 @@ class TensorRTBackend(Backend):
             warnings.warn(f"TensorRT could not deserialise cached engine {path}; rebuilding", stacklevel=3)
         data = build_serialized_engine(trt, onnx_path, self.precision, max_batch, self.workspace_bytes)
         try:
-            _atomic_write(path, data)
-            _atomic_write(path.with_suffix(".json"), json.dumps({
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, data)
+            write_bytes_atomic(path.with_suffix(".json"), json.dumps({
                 "onnx": str(onnx_path), "precision": self.precision, "tensorrt": trt.__version__,
                 "gpu": info.gpu_name, "compute_capability": info.compute_capability, "max_batch": max_batch,
             }, indent=1).encode())
             cached: Path | None = path
-        except OSError as exc:
+        except (OSError, OutputError) as exc:
             warnings.warn(f"TensorRT engine not cached ({exc}); it will be rebuilt next time", stacklevel=3)
             cached = None
         engine = runtime.deserialize_cuda_engine(data)
