@@ -222,13 +222,13 @@ def convert_bundle(source: Path, destination: Path, precision: str, allow_failed
     Example:
         >>> convert_bundle(Path("bundles/edge"), Path("bundles/edge-fp16"), "fp16")  # doctest: +SKIP
     """
-    import json
+    import copy
     import os
     import shutil
     from dataclasses import asdict
 
     from edgecloak.errors import ModelError, OutputError
-    from edgecloak.runtime.bundle import MANIFEST, Bundle, sha256_file
+    from edgecloak.runtime.bundle import Bundle
 
     say = progress or (lambda _m: None)
     if precision not in PRECISIONS:
@@ -240,27 +240,26 @@ def convert_bundle(source: Path, destination: Path, precision: str, allow_failed
     staging = destination.with_name(f".{destination.name}.converting")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(bundle.root, staging)
-    manifest = json.loads((staging / MANIFEST).read_text())
+    manifest = copy.deepcopy(bundle.manifest)  # the verified manifest, rewritten through its one writer
     figures = {}
     try:
-        for entry in manifest["surrogates"]:
-            if entry.get("precision", {}).get("name", "fp32") != "fp32":
-                raise ModelError(f"{source}: {entry['id']} is already {entry['precision']['name']}; convert an fp32 bundle")
-            say(f"{entry['id']}: {precision} variant, measured against fp32 on held-out face crops")
-            fp32 = bundle.root / entry["grad_graph"]
-            calibration, held_out = face_samples(entry["id"], bundle.num_targets)
-            variant = make_variant(fp32, precision, staging / entry["grad_graph"], calibration)
+        for entry in manifest.surrogates:
+            if entry.precision_name != "fp32":
+                raise ModelError(f"{source}: {entry.id} is already {entry.precision_name}; convert an fp32 bundle")
+            say(f"{entry.id}: {precision} variant, measured against fp32 on held-out face crops")
+            fp32 = bundle.root / entry.grad_graph
+            calibration, held_out = face_samples(entry.id, bundle.num_targets)
+            variant = make_variant(fp32, precision, staging / entry.grad_graph, calibration)
             fidelity = measure_fidelity(fp32, variant, held_out)
-            entry["precision"] = {"name": precision, "gate": GATE, "passed": fidelity.passed, **asdict(fidelity)}
-            figures[entry["id"]] = entry["precision"]
+            entry.precision = {"name": precision, "gate": GATE, "passed": fidelity.passed, **asdict(fidelity)}
+            figures[entry.id] = entry.precision
             if not fidelity.passed and not allow_failed_gate:
                 raise ModelError(
-                    f"{entry['id']} {precision}: gradient cosine {fidelity.grad_cosine:.3f}, sign agreement "
+                    f"{entry.id} {precision}: gradient cosine {fidelity.grad_cosine:.3f}, sign agreement "
                     f"{fidelity.sign_agreement:.3f} fail the gate ({GATE['grad_cosine']}, {GATE['sign_agreement']}); "
                     "keep fp32 (or pass --allow-failed-gate to write it anyway)")
-        manifest["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
-                             for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest.hash_files(staging)
+        manifest.write(staging)
         if e2e_probes > 0:
             import tempfile
 
@@ -277,10 +276,10 @@ def convert_bundle(source: Path, destination: Path, precision: str, allow_failed
             allowed = max(1, math.floor(E2E_TOLERANCE * probes)) / probes
             e2e["allowed_drop"] = allowed
             e2e["passed"] = e2e["white_box_rank1_t"][precision] >= e2e["white_box_rank1_t"]["fp32"] - allowed - 1e-9
-            for entry in manifest["surrogates"]:
-                entry["precision"]["protection"] = e2e
-                entry["precision"]["passed"] = bool(entry["precision"]["passed"] and e2e["passed"])
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            for entry in manifest.surrogates:
+                entry.precision["protection"] = e2e
+                entry.precision["passed"] = bool(entry.precision["passed"] and e2e["passed"])
+            manifest.write(staging)
             if not e2e["passed"] and not allow_failed_gate:
                 raise ModelError(
                     f"{precision}: white-box Rank-1-T {e2e['white_box_rank1_t'][precision]:.2f} vs fp32 "

@@ -28,7 +28,8 @@ import numpy as np
 
 from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.runtime.face_region import box_iou, grown_box
-from edgecloak.runtime.image_io import load_image, save_image_atomic
+from edgecloak.runtime.atomic import write_bytes_atomic
+from edgecloak.runtime.image_io import OutputFormat, load_image
 from edgecloak.runtime.targets import TargetBank
 
 
@@ -115,12 +116,21 @@ class WarmStart:
 
 @dataclass
 class Result:
-    """The emitted photo (HxWx3 uint8 RGB) and one report per face."""
+    """The emitted photo (HxWx3 uint8 RGB) and one report per face.
+
+    With an ``output`` format (``Cloaker.protect(..., output=...)``), ``encoded`` holds the file
+    bytes to write and ``image`` is what they decode to: the self-check and ``max_abs_change`` were
+    measured on those pixels, so a lossy format that erodes the mask cannot pass unnoticed. Without
+    one, ``image`` is the uint8 result itself and ``encoded`` is None.
+    """
 
     image: np.ndarray
     faces: list[FaceReport]
-    max_abs_change: int  # over the cloaked pixels (obscured faces excluded)
+    max_abs_change: int  # largest |written - original| over the photo (JPEG error included; obscured faces excluded)
     delta: np.ndarray | None = None  # int16 mask of the cloaked faces, for warm starts
+    mask_max_abs_change: int = 0  # largest |mask| before encoding: never above floor(eps)
+    encoded: bytes | None = None  # the file bytes, when an output format was given
+    output: OutputFormat | None = None
 
     @property
     def protected(self) -> bool:
@@ -167,6 +177,17 @@ class _FacePlan:
 
     def failure(self, policy: SafetyPolicy) -> str:
         return self.reason or f"self-check margin {self.margin:.2f} <= {policy.min_margin:g} after {self.steps} steps"
+
+    def advice(self, policy: SafetyPolicy, output: OutputFormat | None) -> str:
+        """What the user can do about this face's failure (only advice that can help)."""
+        emit = "--on-fail blur-face or keep emits the photo anyway"
+        if self.reason is not None and self.reason.startswith("face too small"):
+            return f"a larger photo of the face, or a lower --min-face, may help; {emit}"
+        if self.reason is not None:
+            return emit
+        if output is not None and output.lossy:
+            return f"a higher --jpeg-quality, PNG output, more --steps or a larger --eps may help; {emit}"
+        return f"more --steps or a larger --eps may help; {emit}"
 
     def report(self, policy: SafetyPolicy) -> FaceReport:
         return FaceReport(
@@ -217,10 +238,12 @@ class Cloaker:
         ``balanced``; ``fast`` / ``balanced`` / ``max`` measured, ``paper`` / ``edge`` fixed, see
         ``edgecloak.calibration.presets``) names the surrogates, settings and self-check retries;
         ``backend="reference"`` then runs the torch reference on the zoo, and any other backend the
-        runtime on the preset's bundle (exported into the cache on first use; needs the export
-        extra). ``surrogates`` replaces the preset's; ``num_targets`` keeps the first K target
+        runtime on the preset's bundle (exported into the cache on first use with the export
+        extra; without it, a device runs the cached bundle as it is, or gets one ``ModelError``
+        line saying how to get one). ``surrogates`` replaces the preset's; ``num_targets`` keeps the first K target
         identities; ``target_photos`` replaces them. ``policy`` is the self-check and what to do
-        when it fails (default: drop the photo, after the preset's retries). ``settings`` are ``TIPIMConfig`` fields (eps,
+        when it fails (default: drop the photo, after the preset's retries, or the retries a
+        ``bundle`` records for its preset). ``settings`` are ``TIPIMConfig`` fields (eps,
         steps, alpha, mu, norm, gamma, seed, ...) overriding the bundle's or preset's.
 
         Example:
@@ -257,14 +280,25 @@ class Cloaker:
 
             protector = ReferenceProtector.load(surrogates, target_photos, num_targets, TIPIMConfig(**settings))
             return cls(protector, policy=policy)
+        from edgecloak.runtime.bundle import Bundle
         from edgecloak.runtime.protector import RuntimeProtector
 
         if bundle is None:
-            from edgecloak.export.bundle import default_bundle
+            try:  # a workstation: the preset's bundle from the cache, (re-)exported when missing or stale
+                from edgecloak.export.bundle import load_default_bundle
+            except ImportError:  # a device (no export extra): the cached bundle as it is, if it verifies
+                from edgecloak.runtime.bundle_cache import load_cached_bundle
 
-            bundle = default_bundle(surrogates, recipe.num_targets)
+                bundle = load_cached_bundle(surrogates, recipe.num_targets, preset,
+                                            custom_surrogates=list(surrogates) != list(recipe.surrogates))
+            else:
+                bundle = load_default_bundle(surrogates, recipe.num_targets, preset=preset)
         elif surrogates:
             raise UsageError("--surrogates is fixed by the bundle; export another bundle to change it")
+        else:
+            bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+            if policy is None and bundle.recipe is not None:  # the self-check budget the bundle was made with
+                policy = SafetyPolicy(retries=bundle.recipe.retries)
         protector = RuntimeProtector.from_bundle(bundle, backend, **settings)
         targets = protector.targets_from_photos(target_photos) if target_photos else protector.targets
         if num_targets is not None:
@@ -277,11 +311,14 @@ class Cloaker:
         on_step: Callable[[int], None] | None = None,
         targets: TargetBank | None = None,
         warm: WarmStart | None = None,
+        output: OutputFormat | None = None,
     ) -> Result:
         """Protect every detected face of an RGB uint8 image; the input array is not modified.
 
         Every face is cloaked, self-checked and retried per ``self.policy`` (see ``SafetyPolicy``);
         with ``on_fail="drop"`` a photo with an unprotected face raises ``ProtectionFailedError``.
+        ``output`` encodes the result (PNG or JPEG) and runs the self-check on the decoded bytes,
+        which ``Result.encoded`` then holds: what is checked is exactly what gets written.
         ``targets`` replaces this cloaker's target identities for this photo only (same array type as
         the protector's: numpy for the runtime, torch for the reference). ``warm`` continues from
         the previous video frame (``Result.warm_start``). Raises ``NoFaceError`` (path "image") when
@@ -304,39 +341,76 @@ class Cloaker:
             plans = [_FacePlan(face) for face in faces]
             for plan in plans:
                 self._first_attempt(plan, image, current, bank, warm, on_step)
-            self._self_check(image, current, plans)
+            written = self._encode_and_check(image, current, plans, output)
             for _ in range(policy.retries):
                 failing = [p for p in plans if p.t_index is not None and not p.passed(policy)]
                 if not failing:
                     break
                 for plan in failing:  # twice the last pass, and never fewer than a full pass
                     self._run(plan, image, current, plan.targets, max(2 * plan.last_steps, int(self.config.steps)), None)
-                self._self_check(image, current, plans)
+                written = self._encode_and_check(image, current, plans, output)
             delta = current.astype(np.int16) - image.astype(np.int16)
-            max_change = int(np.abs(delta).max())
+            mask_change = int(np.abs(delta).max())
             # Fail closed: the budget is a promise to the user; never emit a photo that breaks it.
-            if max_change > int(self.config.eps):
-                raise ProtectionFailedError(f"internal error: change {max_change} exceeds eps {self.config.eps}")
-            if max_change == 0 and any(p.t_index is not None for p in plans):
+            if mask_change > int(self.config.eps):
+                raise ProtectionFailedError(f"internal error: change {mask_change} exceeds eps {self.config.eps}")
+            if mask_change == 0 and any(p.t_index is not None for p in plans):
                 raise ProtectionFailedError("the mask rounded away to nothing; nothing was written")
             failed = [p for p in plans if not p.passed(policy)]
             if failed and policy.on_fail == "drop":
                 raise ProtectionFailedError(
                     f"{len(failed)} of {len(plans)} face(s) not protected ({failed[0].failure(policy)}); nothing was "
-                    "written (more --steps or --eps may help; --on-fail blur-face or keep emits the photo anyway)")
+                    f"written ({failed[0].advice(policy, output)})")
             for plan in failed:
                 if policy.on_fail == "blur-face":
                     obscure(current, plan.face.box)
                     plan.action = "obscured"
                 else:
                     plan.action = "kept"
-            return Result(image=current, faces=[p.report(policy) for p in plans], max_abs_change=max_change, delta=delta)
+            if failed and output is not None:
+                written = self._encode_and_check(image, current, plans, output, final=True)
+            encoded, decoded = written if written is not None else (None, current)
+            return Result(image=decoded, faces=[p.report(policy) for p in plans],
+                          max_abs_change=_max_change(image, decoded, plans), delta=delta,
+                          mask_max_abs_change=mask_change, encoded=encoded, output=output)
+
+    def _encode_and_check(self, image: np.ndarray, current: np.ndarray, plans: list["_FacePlan"],
+                          output: OutputFormat | None, final: bool = False) -> tuple[bytes, np.ndarray] | None:
+        """Encode ``current`` (when an output format is given), decode it, and self-check the decoded pixels.
+
+        Returns (bytes, decoded pixels), or None without an output format (the check then runs on
+        ``current``). ``final``: after obscuring failed faces, the photo is encoded once more; any
+        face that was passing and no longer does is obscured or kept by the policy (never emitted as
+        cloaked), which matters only if the encoder changed pixels outside the obscured boxes.
+        """
+        if output is None:
+            self._self_check(image, current, plans)
+            return None
+        encoded = output.encode(current)
+        decoded = load_image(encoded) if output.lossy else current.copy()
+        if not final:
+            self._self_check(image, decoded, plans)
+            return encoded, decoded
+        cloaked = [p for p in plans if p.action == "cloaked" and p.t_index is not None]
+        self._self_check(image, decoded, cloaked)
+        newly_failed = [p for p in cloaked if not p.passed(self.policy)]
+        if not newly_failed:
+            return encoded, decoded
+        if self.policy.on_fail != "blur-face":  # keep: report them honestly as unprotected
+            for plan in newly_failed:
+                plan.action = "kept"
+            return encoded, decoded
+        for plan in newly_failed:
+            obscure(current, plan.face.box)
+            plan.action = "obscured"
+        encoded = output.encode(current)
+        return encoded, (load_image(encoded) if output.lossy else current.copy())
 
     def _first_attempt(self, plan: "_FacePlan", image, current, bank: TargetBank, warm, on_step) -> None:
         box = plan.face.box
         side = float(min(box[2] - box[0], box[3] - box[1]))
         if side < self.policy.min_face:
-            plan.reason = f"face too small to cloak ({side:.0f} px < {self.policy.min_face} px)"
+            plan.reason = f"face too small to cloak ({side:.1f} px < --min-face {self.policy.min_face} px)"
             return
         plan.user = self.protector.embed_face(image, plan.face.landmarks)
         targets = bank.excluding_lookalikes(plan.user)
@@ -404,18 +478,39 @@ class Cloaker:
         destination: str | os.PathLike[str],
         jpeg_quality: int | None = None,
         on_step: Callable[[int], None] | None = None,
+        overwrite: bool = False,
     ) -> Result:
         """Protect one photo file into ``destination`` (atomic; PNG unless it ends in .jpg/.jpeg).
 
-        The original is never modified: a destination that is the source itself is refused.
+        The self-check runs on the decoded bytes that are written (see ``protect``'s ``output``).
+        The original is never modified: a destination that is the source itself is refused, even
+        with ``overwrite``. An existing ``destination`` is refused unless ``overwrite`` (checked
+        before any work, and again, race-free, when the file is put in place).
+
+        Example:
+            >>> cloaker.protect_file("me.jpg", "out/me.jpg", jpeg_quality=90).max_abs_change   # doctest: +SKIP
+            19
         """
         source, destination = Path(source), Path(destination)
+        output = OutputFormat.for_path(destination, jpeg_quality)
         if destination.exists() and source.exists() and os.path.samefile(source, destination):
             raise OutputError(f"{destination}: refusing to overwrite the original photo; choose another output")
+        if not overwrite and (destination.exists() or destination.is_symlink()):
+            raise OutputError(f"{destination}: already exists; pass --overwrite to replace it or choose another output")
         image = load_image(source)
         try:
-            result = self.protect(image, on_step=on_step)
+            result = self.protect(image, on_step=on_step, output=output)
         except NoFaceError:
             raise NoFaceError(str(source)) from None
-        save_image_atomic(destination, result.image, jpeg_quality=jpeg_quality)
+        write_bytes_atomic(destination, result.encoded, overwrite=overwrite)
         return result
+
+
+def _max_change(image: np.ndarray, written: np.ndarray, plans: list["_FacePlan"]) -> int:
+    """Largest |written - original| outside obscured faces (the mosaic is meant to change pixels)."""
+    diff = np.abs(written.astype(np.int16) - image.astype(np.int16))
+    for plan in plans:
+        if plan.action == "obscured":
+            x0, y0, x1, y1 = grown_box(plan.face.box, image.shape, margin=0.2)
+            diff[y0:y1, x0:x1] = 0
+    return int(diff.max())

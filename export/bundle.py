@@ -5,9 +5,17 @@ Workstation side of the export -> bundle -> runtime flow (the runtime side is
 ``$EDGECLOAK_HOME/graphs`` keyed by the converted weights, exporter, torch version, K and opset,
 so re-exporting a bundle (or the test suite doing it) costs seconds, not minutes.
 
+The manifest is built and written through ``edgecloak.runtime.bundle.BundleManifest`` (the one
+writer; the runtime reads it back with the same class). ``default_bundle(preset="fast")`` keeps
+one bundle per preset in the cache, exported with the preset's own settings and recording the
+preset's name and self-check retries (``recipe``), so it runs the same with or without
+``--bundle``.
+
 Example:
     >>> from edgecloak.export.bundle import export_bundle
     >>> export_bundle("bundles/edge", surrogates=["mobileface"], preset=TIPIMConfig(steps=20))  # doctest: +SKIP
+    >>> default_bundle(preset="fast").name                                                      # doctest: +SKIP
+    'fast-mobileface-k10'
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import torch
 
 import edgecloak
 from edgecloak.errors import ModelError, OutputError, UsageError
-from edgecloak.runtime.bundle import BUNDLE_FORMAT, Bundle, BUNDLE_FORMAT_VERSION, MANIFEST, RUNTIME_CONTRACT, sha256_file
+from edgecloak.runtime.bundle import MANIFEST, Bundle, BundleManifest, RecipeEntry, SurrogateEntry, preset_from_json
+from edgecloak.runtime.bundle_cache import cached_bundle_path
 from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.detect.mtcnn import MTCNNDetector
 from edgecloak.runtime.paths import edgecloak_home
@@ -75,12 +84,19 @@ def export_bundle(
     with_torch: bool = False,
     force: bool = False,
     progress: Progress | None = None,
+    recipe: RecipeEntry | None = None,
 ) -> Path:
     """Export surrogates, detector, targets and preset into ``out_dir`` (written atomically).
 
     ``num_targets`` is K, fixed in the gradient graphs (the runtime may use fewer, never more).
     ``with_torch`` adds a ``torch.export`` program per surrogate for the runtime's torch backend.
+    ``recipe`` records the named preset ``preset`` comes from (name, self-check retries).
     An existing ``out_dir`` is replaced only with ``force``.
+
+    Example:
+        >>> export_bundle("bundles/fast", ["mobileface"], TIPIMConfig(steps=8, alpha=2.0),
+        ...               recipe=RecipeEntry("fast", 1))                             # doctest: +SKIP
+        PosixPath('bundles/fast')
     """
     out = Path(out_dir).expanduser()
     say = progress or (lambda _msg: None)
@@ -91,116 +107,166 @@ def export_bundle(
     if num_targets < 1:
         raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
     preset = preset or TIPIMConfig()
+    preset_json = json.dumps(preset.to_dict(), indent=2, sort_keys=True)
+    preset_from_json(preset_json.encode(), "the preset")  # refuse now what the runtime would refuse later
     ids = list(surrogates) if surrogates else default_surrogates()
     started = time.perf_counter()
 
     staging = out.with_name(f".{out.name}.exporting")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "surrogates").mkdir(parents=True)
-    recognizers = []
-    entries = []
-    for model_id in ids:
-        rec = Recognizer.load(model_id)
-        recognizers.append(rec)
-        say(f"exporting {model_id} (gradient graph, K={num_targets})")
-        grad = cached_graph(rec, "grad", num_targets, opset)
-        embed = cached_graph(rec, "embed", num_targets, opset)
-        entry = {
-            "id": model_id,
-            "input_size": rec.input_size,
-            "crop_scale": rec.spec.crop_scale,
-            "preprocess": rec.spec.preprocess,  # inside the graphs; recorded for the record
-            "embedding_dim": rec.spec.embedding_dim,
-            "max_batch": num_targets,
-            "grad_graph": f"surrogates/{model_id}.grad.onnx",
-            "embed_graph": f"surrogates/{model_id}.embed.onnx",
-            "shapes": {"x": [1, 3, rec.input_size, rec.input_size], "cotangents": [1, num_targets, rec.spec.embedding_dim],
-                       "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
-                       "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
-            "source_sha256": json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())["source_sha256"],
-            # what the graphs were exported from (weights, converter, exporter, torch, K, opset)
-            "graph_keys": {kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")},
-            "tensorrt_unsupported_ops": check_tensorrt_ops(grad, "8.5"),
-            "extra": {},
-        }
-        shutil.copyfile(grad, staging / entry["grad_graph"])
-        shutil.copyfile(embed, staging / entry["embed_graph"])
-        if with_torch:
-            say(f"exporting {model_id} (torch program)")
-            entry["extra"]["torch"] = f"surrogates/{model_id}.pt2"
-            _export_torch_program(rec, staging / entry["extra"]["torch"], num_targets)
-        entries.append(entry)
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "surrogates").mkdir(parents=True)
+        recognizers = []
+        entries = []
+        for model_id in ids:
+            rec = Recognizer.load(model_id)
+            recognizers.append(rec)
+            say(f"exporting {model_id} (gradient graph, K={num_targets})")
+            grad = cached_graph(rec, "grad", num_targets, opset)
+            embed = cached_graph(rec, "embed", num_targets, opset)
+            entry = SurrogateEntry(
+                id=model_id,
+                input_size=rec.input_size,
+                crop_scale=float(rec.spec.crop_scale),
+                preprocess=rec.spec.preprocess,  # inside the graphs; recorded for the record
+                embedding_dim=rec.spec.embedding_dim,
+                max_batch=num_targets,
+                grad_graph=f"surrogates/{model_id}.grad.onnx",
+                embed_graph=f"surrogates/{model_id}.embed.onnx",
+                shapes={"x": [1, 3, rec.input_size, rec.input_size], "cotangents": [1, num_targets, rec.spec.embedding_dim],
+                        "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
+                        "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
+                source_sha256=json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())["source_sha256"],
+                # what the graphs were exported from (weights, converter, exporter, torch, K, opset)
+                graph_keys={kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")},
+                tensorrt_unsupported_ops=check_tensorrt_ops(grad, "8.5"),
+            )
+            shutil.copyfile(grad, staging / entry.grad_graph)
+            shutil.copyfile(embed, staging / entry.embed_graph)
+            if with_torch:
+                say(f"exporting {model_id} (torch program)")
+                entry.extra["torch"] = f"surrogates/{model_id}.pt2"
+                _export_torch_program(rec, staging / entry.extra["torch"], num_targets)
+            entries.append(entry)
 
-    say("copying the detector")
-    det_src = ensure_detector()
-    (staging / "detector").mkdir()
-    for name in ("pnet.onnx", "rnet.onnx", "onet.onnx"):
-        shutil.copyfile(det_src / name, staging / "detector" / name)
+        say("copying the detector")
+        det_src = ensure_detector()
+        (staging / "detector").mkdir()
+        for name in ("pnet.onnx", "rnet.onnx", "onet.onnx"):
+            shutil.copyfile(det_src / name, staging / "detector" / name)
 
-    say("embedding the target identities")
-    detector = MTCNNDetector.from_dir(staging / "detector")
-    if target_photos:
-        bank = target_bank_from_photos(recognizers, detector, [Path(p) for p in target_photos])
-    else:
-        bank = default_target_bank(recognizers, detector)
-    bank = bank.select(range(min(num_targets, bank.size)))
-    bank.numpy().save(staging / "targets.npz")
-    (staging / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2, sort_keys=True))
+        say("embedding the target identities")
+        detector = MTCNNDetector.from_dir(staging / "detector")
+        if target_photos:
+            bank = target_bank_from_photos(recognizers, detector, [Path(p) for p in target_photos])
+        else:
+            bank = default_target_bank(recognizers, detector)
+        bank = bank.select(range(min(num_targets, bank.size)))
+        bank.numpy().save(staging / "targets.npz")
+        (staging / "preset.json").write_text(preset_json)
 
-    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "runtime_contract": RUNTIME_CONTRACT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"edgecloak": edgecloak.__version__, "exporter": EXPORTER_VERSION, "torch": torch.__version__,
-                     "onnx": onnx.__version__},
-        "opset": opset,
-        "num_targets": num_targets,
-        "surrogates": entries,
-        "detector": {"name": "mtcnn", "dir": "detector"},
-        "targets": "targets.npz",
-        "target_identities": bank.identities,
-        "preset": "preset.json",
-        "export_seconds": round(time.perf_counter() - started, 1),
-        "files": files,
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+        manifest = BundleManifest(
+            num_targets=num_targets,
+            surrogates=entries,
+            files={},
+            targets="targets.npz",
+            preset="preset.json",
+            detector_name="mtcnn",
+            detector_dir="detector",
+            recipe=recipe,
+            target_identities=[str(t) for t in bank.identities],
+            opset=opset,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            versions={"edgecloak": edgecloak.__version__, "exporter": EXPORTER_VERSION, "torch": torch.__version__,
+                      "onnx": onnx.__version__},
+        )
+        manifest.hash_files(staging)
+        manifest.export_seconds = round(time.perf_counter() - started, 1)
+        manifest.write(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException as exc:  # Ctrl-C, a full or read-only disk: leave no half bundle behind
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{out}: could not write the bundle ({exc.strerror or exc}); check free space and "
+                              "that the folder is writable") from exc
+        raise
     return out
 
 
-def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int = 10, with_torch: bool = False) -> Path:
-    """The cached bundle for these surrogates with the default targets (exported on first use).
+def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,
+                   with_torch: bool = False, preset: str | None = None) -> Path:
+    """The cached bundle for these surrogates (or ``preset``'s), exported on first use; its folder.
 
-    Lives in ``$EDGECLOAK_HOME/bundles``; re-exported when this edgecloak's exporter or the bundle
-    no longer verifies. Used when the SDK or CLI is given no ``--bundle``.
+    See ``load_default_bundle``.
+
+    Example:
+        >>> default_bundle(["mobileface"], 10).name      # doctest: +SKIP
+        'mobileface-k10'
     """
-    ids = list(surrogates) if surrogates else default_surrogates()
-    path = edgecloak_home() / "bundles" / f"{'+'.join(ids)}-k{num_targets}{'-torch' if with_torch else ''}"
+    return load_default_bundle(surrogates, num_targets, with_torch, preset).root
+
+
+def load_default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,
+                        with_torch: bool = False, preset: str | None = None) -> Bundle:
+    """The cached bundle, loaded and verified; exported into the cache when missing or stale.
+
+    With ``preset`` (a name, see ``edgecloak.calibration.presets``) the bundle holds that preset's
+    TIP-IM settings and records its name and self-check retries; ``surrogates`` and
+    ``num_targets`` default to the preset's. Without one, the default TIP-IM settings and K 10.
+    Lives in ``$EDGECLOAK_HOME/bundles`` (``runtime.bundle_cache.cached_bundle_path``); exported
+    again when it no longer verifies or is not current (``is_current``). Used when the SDK or CLI
+    is given no ``--bundle``.
+
+    Example:
+        >>> load_default_bundle(preset="fast").recipe      # doctest: +SKIP
+        RecipeEntry(name='fast', retries=1)
+    """
+    config, recipe = TIPIMConfig(), None
+    k, ids = 10, default_surrogates()
+    if preset is not None:
+        from edgecloak.calibration.presets import preset as named_preset
+
+        chosen = named_preset(preset)
+        config, recipe = TIPIMConfig(**chosen.settings), RecipeEntry(preset, chosen.retries)
+        k, ids = chosen.num_targets, list(chosen.surrogates)
+    ids = list(surrogates) if surrogates else ids
+    k = num_targets or k
+    path = cached_bundle_path(ids, k, preset, with_torch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(edgecloak_home() / "bundles" / ".lock", "w") as lock:
+    with open(path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may ask for the same bundle at once
         if path.exists():
             try:
                 # verified here too (not only when the runtime loads it): a damaged cache re-exports
-                if _is_current(Bundle.load(path), num_targets):
-                    return path
-            except (ModelError, KeyError):
+                bundle = Bundle.load(path)
+                if is_current(bundle, ids, k, config, recipe):
+                    return bundle
+            except (ModelError, KeyError):  # KeyError: a converted model's own manifest lacks a field
                 pass  # stale or damaged: export again
             shutil.rmtree(path)
-        export_bundle(path, ids, num_targets=num_targets, with_torch=with_torch)
-    return path
+        export_bundle(path, ids, config, num_targets=k, with_torch=with_torch, recipe=recipe)
+        return Bundle.load(path)
 
 
-def _is_current(bundle: Bundle, num_targets: int) -> bool:
-    """Were this bundle's graphs exported from today's weights, converters, exporter and torch?"""
-    opset = bundle.manifest["opset"]
+def is_current(bundle: Bundle, surrogates: Sequence[str], num_targets: int, config: TIPIMConfig | None = None,
+               recipe: RecipeEntry | None = None) -> bool:
+    """Is this the bundle asked for (surrogates, K, settings, recipe), with graphs exported from
+    today's weights, converters, exporter and torch?
+
+    Example:
+        >>> is_current(Bundle.load(default_bundle(preset="fast")), ["mobileface"], 10)   # doctest: +SKIP
+        True
+    """
+    m = bundle.manifest
+    if [s.id for s in m.surrogates] != list(surrogates) or m.num_targets != num_targets or m.opset is None:
+        return False
+    if (config is not None and bundle.preset != config) or m.recipe != recipe:
+        return False
     return all(
-        entry["graph_keys"] == {kind: _graph_key(entry["id"], kind, num_targets, opset) for kind in ("grad", "embed")}
-        for entry in bundle.manifest["surrogates"]
+        entry.graph_keys == {kind: _graph_key(entry.id, kind, num_targets, m.opset) for kind in ("grad", "embed")}
+        for entry in m.surrogates
     )
 
 

@@ -290,3 +290,34 @@ def test_protect_writes_no_metadata_end_to_end(tmp_path, fmt):
         assert secret not in data
     with Image.open(written) as img:
         assert not img.getexif() and not {"exif", "xmp", "comment", "icc_profile"} & set(img.info)
+
+
+# -- export: a disk that refuses the bundle ------------------------------------------------------
+def _file_size_limit(limit: int):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as on a full disk (SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+def test_export_onto_a_full_disk_or_a_bad_folder_is_one_line_and_leaves_nothing(tmp_path):
+    from edgecloak.export.bundle import default_bundle
+
+    default_bundle(["mobileface"], 10)  # its graphs are in the cache: the export below only copies
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    done = run_cli("export", "-o", str(not_a_folder / "bundle"), "--preset", "fast")
+    assert done.returncode == 5 and "could not write the bundle" in one_line_error(done)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    done = run_cli("export", "-o", str(out / "bundle"), "--preset", "fast", preexec_fn=_file_size_limit(1 << 20))
+    assert done.returncode == 5, done.stderr
+    assert "could not write the bundle" in one_line_error(done)
+    assert list(out.iterdir()) == []  # no .bundle.exporting staging folder left behind

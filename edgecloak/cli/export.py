@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,22 +40,28 @@ class ExportCommand:
         except ImportError as exc:
             raise UsageError(f"export needs the export extra ({exc.name} is missing): pip install -e '.[export]'") from None
         from edgecloak.calibration.presets import preset
+        from edgecloak.runtime.bundle import BundleManifest, RecipeEntry
         from edgecloak.runtime.config import TIPIMConfig
 
         chosen = preset(args.preset)
-        config = replace(TIPIMConfig(**chosen.settings), **settings_from(args))
+        try:  # a bad setting is the user's input: one clear line
+            config = replace(TIPIMConfig(**chosen.settings), **settings_from(args))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
         surrogates = args.surrogates.split(",") if args.surrogates else list(chosen.surrogates)
         out = export_bundle(
             args.outdir, surrogates, config, num_targets=args.num_targets or chosen.num_targets,
             target_photos=args.target, opset=args.opset, with_torch=args.with_torch, force=args.force,
             progress=lambda msg: print(f"  {msg}", flush=True),
+            # the bundle says which preset it was made for, and carries its self-check retries
+            recipe=RecipeEntry(args.preset, chosen.retries),
         )
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = BundleManifest.read(out)
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        print(f"bundle {out}: {', '.join(s['id'] for s in manifest['surrogates'])}, K={manifest['num_targets']}, "
-              f"opset {manifest['opset']}, {len(manifest['files'])} files, {size / 1e6:.1f} MB, "
-              f"{manifest['export_seconds']} s")
-        for s in manifest["surrogates"]:
-            bad = s["tensorrt_unsupported_ops"]
-            print(f"  {s['id']}: TensorRT 8.5 ops {'OK' if not bad else 'MISSING ' + ', '.join(bad)}")
+        print(f"bundle {out}: preset {args.preset}, {', '.join(s.id for s in manifest.surrogates)}, "
+              f"K={manifest.num_targets}, opset {manifest.opset}, {len(manifest.files)} files, {size / 1e6:.1f} MB, "
+              f"{manifest.export_seconds} s")
+        for s in manifest.surrogates:
+            bad = s.tensorrt_unsupported_ops
+            print(f"  {s.id}: TensorRT 8.5 ops {'OK' if not bad else 'MISSING ' + ', '.join(bad)}")
         return 0

@@ -53,7 +53,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-margin", type=float, default=0.0,
                         help="self-check: surrogate mean of cos(target) - cos(original) a face must exceed (default 0)")
     parser.add_argument("--retries", type=int, default=None,
-                        help="re-runs of a failing face, each with twice the steps (default: the preset's, 1 with a bundle)")
+                        help="re-runs of a failing face, each with twice the steps (default: the preset's, or the one "
+                             "a --bundle was exported for)")
     parser.add_argument("--min-face", type=int, default=32, help="faces smaller than this (px) count as failed")
 
 
@@ -62,11 +63,17 @@ def policy_from(args: argparse.Namespace):
     from edgecloak.cloaker import SafetyPolicy
 
     retries = args.retries
-    if retries is None:  # the preset's own budget (a progressive preset relies on its retries)
+    bundle = getattr(args, "bundle", None)
+    if retries is None and bundle is not None:  # the retries of the preset the bundle was exported for
+        from edgecloak.runtime.bundle import BundleManifest
+
+        recipe = BundleManifest.read(bundle).recipe
+        retries = recipe.retries if recipe is not None else 1
+    elif retries is None:  # the preset's own budget (a progressive preset relies on its retries)
         from edgecloak.calibration.presets import preset
 
         name = getattr(args, "preset", None)
-        retries = preset(name).retries if name and getattr(args, "bundle", None) is None else 1
+        retries = preset(name).retries if name else 1
     return SafetyPolicy(min_margin=args.min_margin, retries=retries, min_face=args.min_face, on_fail=args.on_fail)
 
 
