@@ -51,6 +51,7 @@ from .align import CropGeometry
 from .atomic import write_bytes_atomic
 from .backends.base import SurrogateFiles
 from .config import TIPIMConfig
+from .hashing import sha256_file
 from .targets import TargetBank
 
 BUNDLE_FORMAT = "edgecloak-bundle"
@@ -66,21 +67,6 @@ MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # surrogate, precision and preset names: they appear in messages, warnings and file names
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks.
-
-    Example:
-        >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"")
-        >>> sha256_file(p)[:12]
-        'e3b0c44298fc'
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Invalid(Exception):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -193,8 +192,12 @@ def test_cache_key_is_stable():
     for cc in ("8.7", "sm_87", "87", [8, 7]):
         assert engine_cache_key(**{**BASE, "compute_capability": cc}) == k
     assert engine_cache_key(**{**BASE, "onnx_sha256": SHA.upper()}) == k
-    # a pinned value: the key must not drift silently between releases (it names files on disk)
-    assert k == engine_cache_key(SHA, "fp16", "8.5.2.2", "Orin", "8.7", 8)
+    # positional and keyword spellings of the same engine name the same file
+    assert engine_cache_key(SHA, "fp16", "8.5.2.2", "Orin", "8.7", 8) == k
+    # a pinned value: the key names engine files on disk, so it must not drift silently between
+    # releases (a change here orphans every cached engine: bump ENGINE_CACHE_FORMAT on purpose instead)
+    assert k == "9819771fa7deca3ebc64b5318a0d4b4b736bdc8d299010aec1cb2860144474ee"
+    assert trt_backend.ENGINE_CACHE_FORMAT == 1
 
 
 @pytest.mark.parametrize("field,value", [
@@ -852,12 +855,3 @@ def test_real_parser_error_is_model_error(tmp_path):
     with pytest.raises(ModelError, match="cannot parse") as info:
         trt_backend.build_serialized_engine(trt, path, "fp32", 1)
     assert "NoSuchOp" in str(info.value)
-
-
-def test_atomic_write_replaces_whole_file(tmp_path):
-    """_atomic_write leaves the target whole and no temp files, also when replacing."""
-    target = tmp_path / "sub" / "e.engine"
-    trt_backend._atomic_write(target, b"one")
-    trt_backend._atomic_write(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert sorted(os.listdir(target.parent)) == ["e.engine"]

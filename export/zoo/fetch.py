@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from edgecloak.errors import FetchError
+from edgecloak.runtime.hashing import sha256_stream
 from edgecloak.runtime.paths import edgecloak_home  # noqa: F401  (re-exported)
 
 SOURCES_FILE = Path(__file__).with_name("sources.toml")
@@ -74,16 +74,12 @@ def package_sources() -> dict[str, PackageSource]:
 
 
 def sha256_of(path: Path, progress: bool = False) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    size = path.stat().st_size
+    """Hex sha256 of a file, with a progress bar when asked (large packages take a while)."""
     with open(path, "rb") as fh, tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress, leave=False
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress,
+        leave=False,
     ) as bar:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
+        return sha256_stream(fh, bar.update)
 
 
 def package_dir(name: str) -> Path:

@@ -53,6 +53,7 @@ import numpy as np
 from edgecloak.errors import EdgecloakError, ModelError, OutputError
 
 from ..atomic import write_bytes_atomic
+from ..hashing import sha256_file
 from ..paths import edgecloak_home
 from .base import Backend, SurrogateEngine, SurrogateFiles
 from .pytorch import optional_torch
@@ -125,14 +126,6 @@ def engine_cache_key(onnx_sha256: str, precision: str, trt_version: str, gpu_nam
         "max_batch": int(max_batch),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
@@ -697,7 +690,7 @@ class TensorRTBackend(Backend):
 
     def _engine(self, trt, runtime, onnx_path: Path, max_batch: int, info: CudaInfo):
         """(deserialised engine, cache file or None, whether it came from the cache)."""
-        key = engine_cache_key(file_sha256(onnx_path), self.precision, trt.__version__, info.gpu_name,
+        key = engine_cache_key(sha256_file(onnx_path), self.precision, trt.__version__, info.gpu_name,
                                info.compute_capability, max_batch)
         path = self.cache_dir / f"{key}.engine"
         if path.is_file():
