@@ -1,1 +1,1 @@
-"""Precision and loop-budget presets, decided by measurement (see the calibration issue)."""
+"""Precision and loop-budget presets, decided by measurement (``edgecloak calibrate``; README, "Presets, by measurement")."""

@@ -6,8 +6,7 @@ Variants of a surrogate's gradient graph ``(x, cotangents) -> (embedding, grad)`
   (``onnxruntime.transformers.float16``, for GPU engines; ONNX Runtime's CPU provider runs it with
   casts).
 * ``int8-forward``: ONNX Runtime static QDQ quantization of the forward half only: every node that
-  depends on the cotangents (the backward pass) stays fp32 (the split ``shared/reference/export.md``
-  measured best).
+  depends on the cotangents (the backward pass) stays fp32 (the split measured best, see docs/design.md).
 * ``int8``: the whole graph quantized.
 
 INT8 scales are calibrated on real aligned face crops of the 5 users with real cotangents (the

