@@ -82,12 +82,14 @@ def test_an_installed_calibration_overrides_the_shipped_choice(tmp_path, monkeyp
         importlib.reload(presets_module)
 
 
-def test_a_preset_gives_its_retries_to_the_policy(monkeypatch):
+def test_a_preset_gives_its_retries_to_the_policy(monkeypatch, tmp_path):
     import argparse
     from dataclasses import replace
 
     import edgecloak.calibration.presets as presets_module
     from edgecloak.cli.settings import add_policy_arguments, policy_from
+    from edgecloak.errors import ModelError
+    from edgecloak.export.bundle import default_bundle
 
     # a progressive preset (more retries than the default 1) must reach the policy (the module's own
     # dict: another test reloads the module)
@@ -102,7 +104,18 @@ def test_a_preset_gives_its_retries_to_the_policy(monkeypatch):
         assert policy_from(parser.parse_args(["--preset", name])).retries == live[name].retries
     assert policy_from(parser.parse_args(["--preset", "fast"])).retries == 3
     assert policy_from(parser.parse_args(["--retries", "3"])).retries == 3
-    assert policy_from(parser.parse_args(["--bundle", "b"])).retries == 1
+    # a bundle brings the retries of the preset it was exported for (its manifest's recipe), 1 without one
+    manifest = json.loads((default_bundle(preset="edge") / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "edge"
+    for recipe, want in (({"name": "fast", "retries": 3}, 3), (None, 1)):
+        bundle = tmp_path / f"bundle-{want}"
+        bundle.mkdir()
+        (bundle / "manifest.json").write_text(json.dumps({**manifest, "recipe": recipe} if recipe else
+                                                         {k: v for k, v in manifest.items() if k != "recipe"}))
+        assert policy_from(parser.parse_args(["--bundle", str(bundle)])).retries == want
+        assert policy_from(parser.parse_args(["--bundle", str(bundle), "--retries", "2"])).retries == 2
+    with pytest.raises(ModelError, match="not a cloak bundle"):
+        policy_from(parser.parse_args(["--bundle", str(tmp_path / "missing")]))
 
 
 @pytest.mark.slow
@@ -123,12 +136,16 @@ def test_calibrate_presets_quick_runs_the_real_sweep_and_writes_a_report(tmp_pat
     assert (out / "pareto.png").stat().st_size > 10_000
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "m-n32-r4" in html and "m-n32-r4" in (out / "report.md").read_text()
-    # 5 probes make the bars coarse (one probe = 0.2): presets are written exactly when a point clears them
-    anyone = [r for r in rows.values() if eligible(r)]
-    assert (code == 0) == bool(anyone) == (out / "presets.json").exists()
-    if anyone:
-        written = read_presets(out / "presets.json")
-        assert {n: written[n].measured["name"] for n in CHOSEN} == {k: v["name"] for k, v in calibration["chosen"].items()}
-        assert all(eligible(written[n].measured) for n in CHOSEN) and "paper" in written
-    else:
-        assert code == 4 and "no measured point" in capsys.readouterr().err
+    # The promise of --quick ("a first look"): it writes presets. N 32 on the one surrogate keeps
+    # white-box protection (measured Rank-1-T 1.0 on 15 probes, docs/calibration), so at least one
+    # point clears the bars even on 5 coarse probes; a run where none does is a regression, not luck.
+    fair = [r for r in rows.values() if eligible(r)]
+    assert fair, {name: (r["white_box_rank1_t"], r["self_check_passed"]) for name, r in rows.items()}
+    assert all(rows[name]["white_box_rank1_t"] >= ELIGIBLE["white_box_rank1_t"] for name in ("m-n32", "m-n32-r4"))
+    assert code == 0, capsys.readouterr().err
+    written = read_presets(out / "presets.json")
+    assert {n: written[n].measured["name"] for n in CHOSEN} == {k: v["name"] for k, v in calibration["chosen"].items()}
+    assert all(eligible(written[n].measured) for n in CHOSEN) and "paper" in written
+    # fast is the cheapest eligible point, max the most protective one (choose_presets' rule)
+    assert written["fast"].measured["name"] == min(fair, key=lambda r: r["seconds"])["name"]
+    assert written["max"].measured["unseen_rank1_ut"] == max(r["unseen_rank1_ut"] for r in fair)

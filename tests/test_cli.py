@@ -154,7 +154,7 @@ def test_disk_full_and_unwritable_outputs_leave_nothing_and_say_so(tmp_path):
 
     from edgecloak.export.bundle import default_bundle
 
-    default_bundle(["mobileface"], 10)  # exported before the limit, which would stop its own writes
+    default_bundle(preset="edge")  # exported before the limit, which would stop its own writes
     photo = tmp_path / "in" / "hopper.jpg"
     photo.parent.mkdir()
     shutil.copy(sample_photo(), photo)

@@ -197,11 +197,25 @@ def test_quick_run_resumes_from_its_caches(quick_eval, capsys):
     assert "edge preset" in capsys.readouterr().out
 
 
-def test_eval_refuses_bad_arguments_with_one_line(tmp_path):
-    from edgecloak.cli.main import main
+def one_line_error(capsys) -> str:
+    """The single stderr line a refused command printed (exactly one, ``edgecloak: error:``, no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("edgecloak: error:"), err
+    return lines[0]
 
-    assert main(["eval", "-o", str(tmp_path), "--report-only"]) != 0
-    assert main(["eval", "-o", str(tmp_path), "--methods", "none,magic", "--no-sweeps"]) != 0
+
+def test_eval_refuses_bad_arguments_with_one_line(tmp_path, capsys):
+    from edgecloak.cli.main import main
+    from edgecloak.errors import UsageError
+
+    assert main(["eval", "-o", str(tmp_path), "--report-only"]) == UsageError.exit_code
+    assert "no results to report on" in one_line_error(capsys)
+    assert main(["eval", "-o", str(tmp_path), "--methods", "none,magic", "--no-sweeps"]) == UsageError.exit_code
+    line = one_line_error(capsys)
+    assert "unknown method(s) magic; choose from" in line and "none" in line.split("choose from")[1]
+    assert not (tmp_path / "results.json").exists()  # refused before anything ran
 
 
 @pytest.mark.slow
@@ -229,7 +243,11 @@ def test_untargeted_mifgsm_is_tipim_with_a_zero_target(tmp_path):
         method.close()
 
 
-def test_eval_bundle_flag_wants_name_equals_path(tmp_path):
+def test_eval_bundle_flag_wants_name_equals_path(tmp_path, capsys):
     from edgecloak.cli.main import main
+    from edgecloak.errors import UsageError
 
-    assert main(["eval", "-o", str(tmp_path), "--bundle", "just-a-path", "--no-sweeps"]) != 0
+    for bad in ("just-a-path", "=path", "name="):
+        assert main(["eval", "-o", str(tmp_path / "out"), "--bundle", bad, "--no-sweeps"]) == UsageError.exit_code
+        assert f"--bundle {bad!r}: give NAME=PATH" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()  # refused before the output folder was made

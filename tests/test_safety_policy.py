@@ -112,3 +112,21 @@ def test_one_cloaker_serves_several_threads(photo):
     for result in results:
         assert len(result.faces) == 1 and 0 < result.max_abs_change <= 12
     assert np.array_equal(results[0].image, results[1].image)  # same seed, same photo: same mask
+
+
+@pytest.mark.slow
+def test_protect_on_fail_drop_exits_4_and_writes_nothing(tmp_path, capsys):
+    """The CLI end of fail-closed: a face that cannot pass (a 1/255 budget, one step, no retry) under
+    --on-fail drop gives exit 4, one error line, and an output folder with nothing in it -- no photo,
+    no temporary file, no --json half-report."""
+    from edgecloak.cli.main import main
+
+    out = tmp_path / "out"
+    code = main(["protect", str(sample_photo()), "-o", str(out), "--preset", "fast", "--backend", "onnxruntime",
+                 "--steps", "1", "--eps", "1", "--retries", "0", "--on-fail", "drop"])
+    assert code == ProtectionFailedError.exit_code == 4
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.strip()]
+    assert "Traceback" not in captured.err
+    assert len(errors) == 1 and errors[0].startswith("edgecloak: error:") and "nothing was written" in errors[0]
+    assert out.is_dir() and sorted(out.iterdir()) == []  # nothing at all, hidden temporaries included

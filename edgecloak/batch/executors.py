@@ -79,8 +79,15 @@ def fan_out(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, use_ra
     items = list(items)
     share = max(1, cores() // workers)
     if not use_ray:
-        with _threads_for_children(share), _process_pool(workers) as pool:
-            yield from _as_completed(pool, [pool.submit(fn, item) for item in items])
+        pool = None
+        try:
+            with _threads_for_children(share):  # children are spawned at submit: they read it then
+                pool = _process_pool(workers)
+                futures = [pool.submit(fn, item) for item in items]
+            yield from _as_completed(pool, futures)
+        finally:
+            if pool is not None:
+                _stop(pool)
         return
     with ray_session(address) as ray:
         if address:  # on a cluster a job takes a whole worker's share of one node
@@ -141,6 +148,13 @@ def _process_pool(workers: int, initializer=None, initargs=()):
                                initargs=initargs)
 
 
+def _stop(pool) -> None:
+    """Shut a pool down when its consumer stops (done, an error, Ctrl-C, the generator closed): the
+    queued tasks are cancelled, not run into a job that has stopped; running ones finish (at most one
+    per worker), so no output is left half-written."""
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _as_completed(pool, futures):
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -178,11 +192,14 @@ class ProcessExecutor(Executor):
 
         if spec.threads is None:
             spec = replace(spec, threads=max(1, cores() // self.workers))
-        with _process_pool(self.workers, _start_worker, (spec,)) as pool:
+        pool = _process_pool(self.workers, _start_worker, (spec,))
+        try:
             futures = [pool.submit(_process, (t, root)) for t in tasks]  # tasks are paths: cheap to queue
             for task, record, backend in _as_completed(pool, futures):
                 self.backend = backend
                 yield task, record
+        finally:
+            _stop(pool)
 
 
 # -- Ray --------------------------------------------------------------------------------------

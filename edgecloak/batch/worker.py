@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -19,21 +20,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, ProtectionFailedError
+from edgecloak.runtime.image_io import OutputFormat
 
 from .plan import Task, sha256_file
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """How to build each worker's Cloaker and write its outputs."""
+    """How to build each worker's Cloaker and write its outputs.
+
+    ``output`` is built (and its JPEG quality checked) by the driver before any worker starts; every
+    worker encodes with it and self-checks the decoded bytes, so what is judged is what is written.
+
+    Example:
+        >>> WorkerSpec(preset="fast", output=OutputFormat.named("jpg", 90)).output.suffix
+        '.jpg'
+    """
 
     preset: str = "balanced"
     bundle: str | None = None
     backend: str = "auto"
     settings: dict[str, Any] = field(default_factory=dict)  # TIPIMConfig overrides
     policy: dict[str, Any] = field(default_factory=dict)  # SafetyPolicy fields (default: the preset's)
-    jpeg_quality: int | None = None  # for .jpg outputs
+    output: OutputFormat = field(default_factory=OutputFormat)  # PNG (lossless) unless told otherwise
     copy_faceless: bool = False  # write photos without a detected face (metadata stripped)
     threads: int | None = None  # CPU threads per worker (None: all of this process's)
     surrogates: tuple[str, ...] | None = None  # the preset's, spelled out by ``resolved``
@@ -61,11 +73,19 @@ class PhotoWorker:
     def process(self, task: Task, root: Path | None = None) -> dict[str, Any]:
         """Cloak ``task`` into its destination (atomically) and return its manifest record.
 
-        ``root``: DST, to record the output relative to it.
+        ``root``: DST, to record the output relative to it. The photo is encoded in ``spec.output``
+        inside ``Cloaker.protect``, which self-checks the decoded pixels; the record's ``margin``,
+        ``max_abs_change`` (written file vs source) and ``output_sha256`` are all of the bytes written.
+
+        Example:
+            >>> worker.process(Task("a.jpg", Path("src/a.jpg"), Path("dst/a.png")), Path("dst"))["status"]  # doctest: +SKIP
+            'done'
         """
-        from edgecloak.runtime.image_io import load_image, save_image_atomic
+        from edgecloak.runtime.atomic import write_bytes_atomic
+        from edgecloak.runtime.image_io import load_image
 
         t0 = time.perf_counter()
+        output = self.spec.output
         record: dict[str, Any] = {"source": task.relative, "source_sha256": None, "output": None,
                                   "output_sha256": None, "faces": [], "error": None, "worker": self.name}
         try:
@@ -73,21 +93,26 @@ class PhotoWorker:
             image = load_image(task.source)
             task.destination.parent.mkdir(parents=True, exist_ok=True)
             try:
-                result = self.cloaker.protect(image)
+                result = self.cloaker.protect(image, output=output)
             except NoFaceError:
                 if not self.spec.copy_faceless:
                     record.update(status="no-face", error="no face found (not written; --copy-faceless writes it)")
                     return record
-                save_image_atomic(task.destination, image, jpeg_quality=self.spec.jpeg_quality)
-                record["status"] = "no-face-copied"
+                data = output.encode(image)  # the same encoder: no metadata, the same format as the cloaked ones
+                written = load_image(data) if output.lossy else image
+                record.update(status="no-face-copied", max_abs_change=_max_abs_change(image, written),
+                              mask_max_abs_change=0)
             else:
-                save_image_atomic(task.destination, result.image, jpeg_quality=self.spec.jpeg_quality)
-                record["status"] = "done"
-                record["faces"] = [{"box": [round(float(v), 1) for v in f.box], "target": f.target,
-                                    "action": f.action, "margin": None if f.margin is None else round(f.margin, 4),
-                                    "steps": f.steps, "reason": f.reason} for f in result.faces]
+                data = result.encoded
+                record.update(status="done", max_abs_change=result.max_abs_change,
+                              mask_max_abs_change=result.mask_max_abs_change,
+                              faces=[{"box": [round(float(v), 1) for v in f.box], "target": f.target,
+                                      "action": f.action, "margin": None if f.margin is None else round(f.margin, 4),
+                                      "steps": f.steps, "reason": f.reason} for f in result.faces])
+            write_bytes_atomic(task.destination, data)
             record["output"] = task.destination.relative_to(root).as_posix() if root else str(task.destination)
-            record["output_sha256"] = sha256_file(task.destination)
+            # the hash of the bytes this worker wrote (not a re-read: a file changed meanwhile is not ours)
+            record["output_sha256"] = hashlib.sha256(data).hexdigest()
         except ProtectionFailedError as exc:
             record.update(status="dropped", error=str(exc))
         except (InputImageError, EdgecloakError) as exc:
@@ -103,6 +128,11 @@ class PhotoWorker:
                 except OSError as exc:
                     record["error"] = f"{record.get('error')}; and the old output could not be removed ({exc})"
         return record
+
+
+def _max_abs_change(original: np.ndarray, written: np.ndarray) -> int:
+    """Largest |written - original| over the photo (0 for a lossless copy)."""
+    return int(np.abs(written.astype(np.int16) - original.astype(np.int16)).max())
 
 
 def spec_dict(spec: WorkerSpec) -> dict[str, Any]:
@@ -127,10 +157,20 @@ def resolved(spec: WorkerSpec) -> WorkerSpec:
 
 def spec_key(spec: WorkerSpec) -> str:
     """A short hash of everything that decides an output's bytes (not the thread count): a manifest
-    line made under another key is redone, so changing the preset, a setting, the policy or
-    --copy-faceless never leaves an output made under the old rules."""
-    import hashlib
+    line made under another key is redone, so changing the preset, a setting, the policy, the output
+    format or --copy-faceless never leaves an output made under the old rules.
+
+    Example:
+        >>> spec_key(WorkerSpec()) == spec_key(WorkerSpec(threads=4)) != spec_key(WorkerSpec(preset="fast"))
+        True
+    """
     import json
 
-    fields = {k: v for k, v in asdict(spec).items() if k != "threads"}
+    fields = {k: v for k, v in asdict(spec).items() if k not in ("threads", "output")}
+    # Spelled as before outputs were self-checked on their decoded bytes: a PNG decodes to exactly the
+    # checked pixels, so a library finished as PNG keeps its key and is not redone. A JPEG line made
+    # before then was judged on pixels that were never written: the "checked" field redoes it.
+    fields["jpeg_quality"] = spec.output.jpeg_quality if spec.output.lossy else None
+    if spec.output.lossy:
+        fields["checked"] = "decoded"
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]

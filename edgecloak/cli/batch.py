@@ -38,7 +38,8 @@ class BatchCommand:
         add_settings_arguments(p)
         add_policy_arguments(p)
         p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
-        p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when --format jpg")
+        p.add_argument("--jpeg-quality", type=int, default=95,
+                       help="JPEG quality 1..100 when --format jpg (default 95); the self-check runs on the JPEG as written")
         p.add_argument("--copy-faceless", action="store_true",
                        help="also write photos where no face is found (re-encoded, metadata stripped)")
         p.add_argument("--json", type=Path, default=None, help="write the summary here too")
@@ -46,26 +47,36 @@ class BatchCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        """Build everything that can be refused (output format, policy, workers) before any worker starts.
+
+        Example:
+            $ edgecloak batch photos/ cloaked/ --format jpg --jpeg-quality 0      # exit 2, nothing started
+            edgecloak: error: --jpeg-quality must be a whole number in 1..100, got 0
+        """
         from edgecloak.batch import BatchSettings, run_batch
         from edgecloak.batch.worker import WorkerSpec
         from edgecloak.errors import ProtectionFailedError
+        from edgecloak.runtime.image_io import OutputFormat
 
+        from .protect import check_writable_parent
         from .settings import policy_from
 
+        output = OutputFormat.named(args.format, args.jpeg_quality)  # a bad quality fails now, not per photo
+        if args.json is not None:
+            check_writable_parent(args.json, "--json")
         policy = policy_from(args)
         spec = WorkerSpec(preset=args.preset, bundle=str(args.bundle) if args.bundle else None, backend=args.backend,
                           settings=settings_from(args),
                           policy={"min_margin": policy.min_margin, "retries": policy.retries,
                                   "min_face": policy.min_face, "on_fail": policy.on_fail},
-                          jpeg_quality=args.jpeg_quality if args.format == "jpg" else None,
-                          copy_faceless=args.copy_faceless)
+                          output=output, copy_faceless=args.copy_faceless)
         fan = fan_out_from(args)
-        settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"],
-                                 args.format)
+        settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"])
         summary = run_batch(settings)
         rows = [f"{k:>24}: {summary[k]}" for k in ("photos", "skipped_already_done", "processed",
                                                      "finished_in_library", "seconds", "photos_per_second",
-                                                     "photos_per_second_after_first", "executor", "backend")]
+                                                     "photos_per_second_after_first", "executor", "backend",
+                                                     "output_format")]
         rows.append(f"{'statuses':>24}: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())))
         print("\n".join(rows))
         print(f"{'manifest':>24}: {args.destination / 'manifest.jsonl'} (summary: summary.json beside it)")
