@@ -5,10 +5,17 @@ Modes: ``continuous`` cloaks every frame; ``snapshot`` cloaks a frame every ``ev
 ``trigger_file`` appears (it is then removed), or on SIGUSR1. A frame that continues the previous
 emitted one (at most ``warm_gap`` frames later) warm-starts each face from the previous mask,
 moved with the face, with ``warm_steps`` iterations and the same target: it passes the
-self-check far more often than a cold start, so frames need fewer iterations on average. Frames whose faces fail the self-check follow
-the cloaker's ``SafetyPolicy`` (dropped by default); frames with no face are not emitted (nothing
-vouches for them). SIGINT/SIGTERM finish the frame in hand (writes are atomic), drain the upload
-queue for ``drain_timeout`` seconds, and leave the rest pending for the next run.
+self-check far more often than a cold start, so frames need fewer iterations on average. Each
+frame is encoded in the output format (PNG, or JPEG at ``jpeg_quality``) and self-checked on the
+decoded bytes, and exactly those checked bytes are written. Frames whose faces fail the self-check
+follow the cloaker's ``SafetyPolicy`` (dropped by default); frames with no face are not emitted
+(nothing vouches for them). SIGINT/SIGTERM finish the frame in hand (writes are atomic), drain the
+upload queue for ``drain_timeout`` seconds, and leave the rest pending for the next run.
+
+How a session ends (after the summary is written to the outbox and logged): a lost live camera
+raises ``CameraError`` (exit 8); frames were cloaked but every one failed the self-check and was
+dropped (``dropped > 0``, ``emitted == 0``) raises ``ProtectionFailedError`` (exit 4); otherwise
+it returns the summary, and a final line says how many frames were dropped when some were.
 
 Example:
     >>> summary = CameraSession(cloaker, RunSettings(source="clip.mp4", outbox=Path("out"))).run()  # doctest: +SKIP
@@ -18,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -26,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecloak.errors import CameraError, NoFaceError, ProtectionFailedError, UsageError
-
 from edgecloak.runtime.atomic import write_json_atomic
+from edgecloak.runtime.image_io import OutputFormat
 
 from .outbox import Outbox
 from .source import FrameSource
@@ -64,6 +72,19 @@ class RunSettings:
             raise UsageError("--every must be >= 1")
         if self.mode == "snapshot" and self.every is None and self.trigger_file is None:
             self.every = 30
+        self.output  # a bad format or --jpeg-quality fails here, before any model loads
+        if self.upload_cmd is not None:
+            Uploader.parse(self.upload_cmd)  # and so does an --upload-cmd that cannot be split
+
+    @property
+    def output(self) -> OutputFormat:
+        """How frames are encoded (and self-checked as decoded): PNG, or JPEG at ``jpeg_quality``.
+
+        Example:
+            >>> RunSettings(source="0", outbox=Path("o"), fmt="jpg", jpeg_quality=80).output.describe()
+            'JPEG quality 80'
+        """
+        return OutputFormat.named(self.fmt, self.jpeg_quality)
 
 
 class CameraSession:
@@ -104,19 +125,45 @@ class CameraSession:
     def run(self) -> dict[str, Any]:
         """Capture until the end, a loss or a signal; returns (and logs) the session summary."""
         s = self.settings
-        outbox = Outbox(s.outbox, s.fmt, s.jpeg_quality)
+        output = s.output
+        outbox = Outbox(s.outbox, output)  # holds the outbox's lock until the summary is written
+        try:
+            summary, last_drop = self._capture(outbox, output)
+            write_json_atomic(outbox.folder / f"session-{time.strftime('%Y%m%d-%H%M%S')}.json", summary)
+        finally:
+            outbox.close()
+        self.log(json.dumps(summary))
+        line = (f"{summary['emitted']} cloaked frame(s) of {summary['read']} read ({summary['stopped']}); "
+                f"{summary['fps']} frames/s emitted, {summary['cloak_seconds_per_frame']} s cloaking per frame")
+        if summary["dropped"]:
+            line += (f"; {summary['dropped']} frame(s) dropped: a face failed the self-check "
+                     "(the lines above say why; --on-fail blur-face or keep emits them anyway)")
+        self.log(line)
+        raise_for_outcome(summary, s.source, last_drop)
+        return summary
+
+    def _capture(self, outbox: Outbox, output: OutputFormat) -> tuple[dict[str, Any], str | None]:
+        """The capture loop; returns the summary and the last drop's message."""
+        s = self.settings
         source = FrameSource(s.source)
-        uploader = Uploader(s.upload_cmd, outbox, s.queue_size) if s.upload_cmd else None
-        if uploader is not None:
-            left = uploader.resume()
-            if left:
-                self.log(f"resuming {left} pending upload(s)")
-        previous_signals = self._install_signals()
+        if outbox.removed_sidecars:
+            self.log(f"removed {outbox.removed_sidecars} sidecar(s) of frames a killed run never finished writing")
+        uploader, previous_signals = None, {}
+        last_drop: str | None = None
         counts = {"read": 0, "emitted": 0, "dropped": 0, "no_face": 0, "warm_started_faces": 0, "faces": 0}
         busy = 0.0
         warm, last_emitted = None, None
         started = time.perf_counter()
         try:
+            if s.upload_cmd:
+                uploader = Uploader(s.upload_cmd, outbox, s.queue_size, log=self.log)
+                left = uploader.resume()
+                if left:
+                    self.log(f"resuming {left} pending upload(s)")
+            previous_signals = self._install_signals()
+            # the handlers are in place: from here SIGUSR1 takes a snapshot (before, it would end the process)
+            self.log(f"capturing {s.source} into {outbox.folder} ({s.mode}; Ctrl-C stops, SIGUSR1 takes a snapshot)")
+            started = time.perf_counter()
             while self._stop_reason is None:
                 if s.max_frames is not None and counts["read"] >= s.max_frames:
                     self._stop_reason = "max frames"
@@ -132,17 +179,19 @@ class CameraSession:
                     warm = None
                 t0 = time.perf_counter()
                 try:
-                    result = self.cloaker.protect(frame, warm=warm)
+                    # checked on the decoded bytes of the output format; those very bytes are written
+                    result = self.cloaker.protect(frame, warm=warm, output=output)
                 except NoFaceError:
                     counts["no_face"] += 1
                     continue
                 except ProtectionFailedError as err:
                     counts["dropped"] += 1
+                    last_drop = str(err)
                     self.log(f"frame {counts['read']}: dropped: {err}")
                     continue
                 seconds = time.perf_counter() - t0
                 busy += seconds
-                path = outbox.write(result.image, self._sidecar(counts["read"], result, seconds, warm is not None))
+                path = outbox.write(result.encoded, self._sidecar(counts["read"], result, seconds, warm is not None))
                 counts["emitted"] += 1
                 counts["faces"] += len(result.faces)
                 counts["warm_started_faces"] += sum(f.warm_started for f in result.faces)
@@ -163,20 +212,20 @@ class CameraSession:
             "stopped": self._stop_reason, **counts, "seconds": round(wall, 3),
             "fps": round(counts["emitted"] / wall, 3) if wall > 0 else None,
             "cloak_seconds_per_frame": round(busy / counts["emitted"], 3) if counts["emitted"] else None,
-            "uploads": uploads, "backend": self.cloaker.backend, "outbox": str(outbox.folder),
+            "format": output.describe(), "uploads": uploads, "removed_sidecars": outbox.removed_sidecars,
+            "backend": self.cloaker.backend, "outbox": str(outbox.folder),
         }
-        write_json_atomic(outbox.folder / f"session-{time.strftime('%Y%m%d-%H%M%S')}.json", summary)
-        if self._stop_reason == "camera lost":
-            raise CameraError(f"{s.source}: the camera or stream was lost after {counts['read']} frame(s); "
-                              f"{counts['emitted']} cloaked frame(s) are in {outbox.folder}")
-        return summary
+        return summary, last_drop
 
     def _sidecar(self, index: int, result, seconds: float, warm: bool) -> dict[str, Any]:
         cfg = self.cloaker.config
         return {
             "frame": index, "source": self.settings.source, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "backend": self.cloaker.backend, "seconds": round(seconds, 3), "warm_start": warm,
+            "format": result.output.describe() if result.output is not None else None,
+            # measured on the written file's pixels (JPEG error included); the mask alone is <= eps
             "protected": result.protected, "max_abs_change": result.max_abs_change,
+            "mask_max_abs_change": result.mask_max_abs_change,
             "settings": {"eps": cfg.eps, "steps": cfg.steps, "warm_steps": self.warm_steps},
             "policy": asdict(self.cloaker.policy),
             "faces": [{k: v for k, v in vars(f).items()} for f in result.faces],
@@ -200,3 +249,29 @@ class CameraSession:
             cv2.destroyAllWindows()
         except cv2.error:
             pass
+
+
+def raise_for_outcome(summary: dict[str, Any], source: str, last_drop: str | None = None) -> None:
+    """Raise the error a finished session's summary calls for; return when it succeeded.
+
+    A lost live camera: ``CameraError`` (exit 8). Frames were cloaked and every one failed the
+    self-check (``dropped > 0`` and ``emitted == 0``): ``ProtectionFailedError`` (exit 4), since
+    the user asked for cloaked frames and got none. A mix of emitted and dropped frames, or no
+    face at all, succeeds: the emitted frames are good, and the summary counts the rest.
+
+    Example:
+        >>> raise_for_outcome({"stopped": "end of video", "emitted": 3, "dropped": 2, "read": 5}, "clip.mp4")
+        >>> raise_for_outcome({"stopped": "end of video", "emitted": 0, "dropped": 2, "read": 5}, "clip.mp4")
+        Traceback (most recent call last):
+        ...
+        edgecloak.errors.ProtectionFailedError: clip.mp4: all 2 cloaked frame(s) failed the self-check and were dropped, nothing was emitted
+    """
+    emitted, dropped = summary["emitted"], summary["dropped"]
+    if summary["stopped"] == "camera lost":
+        raise CameraError(f"{source}: the camera or stream was lost after {summary['read']} frame(s); "
+                          f"{emitted} cloaked frame(s) are in the outbox ({dropped} dropped); "
+                          "check the camera or the stream and run again")
+    if dropped > 0 and emitted == 0:
+        last = f"; the last: {last_drop}" if last_drop else ""
+        raise ProtectionFailedError(f"{source}: all {dropped} cloaked frame(s) failed the self-check and were "
+                                    f"dropped, nothing was emitted{last}")

@@ -20,10 +20,11 @@ from .settings import add_policy_arguments, add_settings_arguments, policy_from,
 
 
 class RunCommand:
-    """Capture frames, cloak every face (self-checked; failing frames are dropped unless --on-fail says
-    otherwise), write them atomically with a JSON sidecar into the outbox, and run --upload-cmd on
-    each in the background. Stops cleanly on Ctrl-C / SIGTERM, at the end of a video, or when the
-    camera is lost; SIGUSR1 takes a snapshot."""
+    """Capture frames, cloak every face (self-checked on the encoded output; failing frames are dropped
+    unless --on-fail says otherwise), write them atomically with a JSON sidecar into the outbox, and
+    run --upload-cmd on each in the background ({} is the frame's path as one argument; no shell).
+    Stops cleanly on Ctrl-C / SIGTERM, at the end of a video, or when the camera is lost (exit 8);
+    SIGUSR1 takes a snapshot. Exit 4 when frames were cloaked but every one was dropped."""
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,9 @@ class RunCommand:
         p.add_argument("--warm-steps", type=int, default=None,
                        help="iterations for a face continuing from the previous frame (default: --steps)")
         p.add_argument("--no-warm-start", action="store_true", help="cloak every frame from scratch (for comparison)")
-        p.add_argument("--upload-cmd", default=None, help="run on each finished frame ({} = its path)")
+        p.add_argument("--upload-cmd", default=None,
+                       help="run on each finished frame, no shell; {} = its path as one argument "
+                            "(in your own sh -c script pass it as \"$1\": sh -c 'cp \"$1\" dst/' _ {})")
         p.add_argument("--queue-size", type=int, default=8, help="upload queue length; beyond it frames wait in the outbox")
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish uploads when stopping")
         p.add_argument("--upload-pending", action="store_true", help="only upload what the outbox has pending, then exit")
@@ -47,8 +50,9 @@ class RunCommand:
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "reference"))
         p.add_argument("--preset", default="fast", choices=tuple(PRESETS),
                        help="without --bundle (default fast: a frame in about half a second on a 2-core CPU)")
-        p.add_argument("--format", choices=("png", "jpg"), default="png")
-        p.add_argument("--jpeg-quality", type=int, default=95)
+        p.add_argument("--format", choices=("png", "jpg"), default="png",
+                       help="png is lossless; jpg frames are self-checked as the JPEG decodes")
+        p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 when --format jpg")
         add_settings_arguments(p)
         add_policy_arguments(p)
         p.set_defaults(handler=RunCommand.run)
@@ -60,11 +64,16 @@ class RunCommand:
         if args.upload_pending:
             if not args.upload_cmd:
                 raise UsageError("--upload-pending needs --upload-cmd")
-            uploader = Uploader(args.upload_cmd, Outbox(args.outbox), args.queue_size)
-            print(f"{uploader.resume()} pending frame(s) in {args.outbox}")
+            outbox = Outbox(args.outbox, writer=False)  # a session may be writing into it right now
+            if outbox.removed_sidecars:
+                print(f"removed {outbox.removed_sidecars} sidecar(s) of frames a killed run never finished writing")
+            uploader = Uploader(args.upload_cmd, outbox, args.queue_size, log=lambda m: print(m, flush=True))
+            print(f"{uploader.resume()} pending frame(s) in {args.outbox}", flush=True)
             counts = uploader.close(drain_timeout=float("inf") if args.drain_timeout <= 0 else args.drain_timeout)
-            print(json.dumps(counts))
-            return 0 if counts["failed"] == 0 and counts["pending"] == 0 else 1
+            outbox.close()
+            print(json.dumps({**counts, "removed_sidecars": outbox.removed_sidecars}))
+            # rejected frames need a person: say so in the exit status too, every time until they are gone
+            return 0 if counts["failed"] == counts["pending"] == counts["rejected"] == 0 else 1
         if args.camera is None:
             raise UsageError("give --camera SOURCE (or --upload-pending)")
         settings = RunSettings(
@@ -81,8 +90,6 @@ class RunCommand:
         cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, preset=args.preset,
                                policy=policy_from(args), **settings_from(args))
         print(f"backend: {cloaker.backend}", flush=True)
-        summary = CameraSession(cloaker, settings, log=lambda m: print(m, flush=True)).run()
-        print(json.dumps(summary))
-        print(f"{summary['emitted']} cloaked frame(s) of {summary['read']} read ({summary['stopped']}); "
-              f"{summary['fps']} frames/s emitted, {summary['cloak_seconds_per_frame']} s cloaking per frame")
+        # logs the summary (JSON) and a final line, then raises for a lost camera (8) or all frames dropped (4)
+        CameraSession(cloaker, settings, log=lambda m: print(m, flush=True)).run()
         return 0
