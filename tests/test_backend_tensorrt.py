@@ -799,7 +799,7 @@ def test_real_fp16_gradient_fidelity(real_graphs, tmp_path):
         emb, grad = engine.embed_and_grad(crop, cot)
         sess = ort.InferenceSession(str(files.grad_graph), providers=["CPUExecutionProvider"])
         want_emb, want_grad = sess.run(None, {"x": crop, "cotangents": cot})
-        # judged by gradient fidelity, not embedding accuracy (shared/reference/export.md)
+        # judged by gradient fidelity, not embedding accuracy (docs/design.md)
         assert _cos(emb, want_emb) > 0.999
         assert _cos(grad, want_grad) > 0.99
         assert np.mean(np.sign(grad) == np.sign(want_grad)) > 0.95
