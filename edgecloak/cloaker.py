@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class SafetyPolicy:
             raise UsageError(f"unknown --on-fail {self.on_fail!r}; choose one of {', '.join(ON_FAIL_POLICIES)}")
         if self.retries < 0 or self.min_face < 0:
             raise UsageError("retries and min_face must be >= 0")
+        if not math.isfinite(self.min_margin):  # nan would fail every face without saying why
+            raise UsageError(f"--min-margin must be a finite number, got {self.min_margin}")
 
 
 @dataclass
@@ -367,44 +370,50 @@ class Cloaker:
                     plan.action = "obscured"
                 else:
                     plan.action = "kept"
-            if failed and output is not None:
-                written = self._encode_and_check(image, current, plans, output, final=True)
-            encoded, decoded = written if written is not None else (None, current)
-            return Result(image=decoded, faces=[p.report(policy) for p in plans],
-                          max_abs_change=_max_change(image, decoded, plans), delta=delta,
-                          mask_max_abs_change=mask_change, encoded=encoded, output=output)
+            if any(p.action == "obscured" for p in plans):  # the mosaic changed pixels: judge the photo again
+                written = self._recheck_after_obscuring(image, current, plans, output)
+            pixels = current if written is None else written[1]
+            return Result(image=pixels, faces=[p.report(policy) for p in plans],
+                          max_abs_change=_max_change(image, pixels, plans), delta=delta,
+                          mask_max_abs_change=mask_change, encoded=None if written is None else written[0],
+                          output=output)
 
-    def _encode_and_check(self, image: np.ndarray, current: np.ndarray, plans: list["_FacePlan"],
-                          output: OutputFormat | None, final: bool = False) -> tuple[bytes, np.ndarray] | None:
-        """Encode ``current`` (when an output format is given), decode it, and self-check the decoded pixels.
-
-        Returns (bytes, decoded pixels), or None without an output format (the check then runs on
-        ``current``). ``final``: after obscuring failed faces, the photo is encoded once more; any
-        face that was passing and no longer does is obscured or kept by the policy (never emitted as
-        cloaked), which matters only if the encoder changed pixels outside the obscured boxes.
-        """
+    @staticmethod
+    def _encode(current: np.ndarray, output: OutputFormat | None) -> tuple[bytes, np.ndarray] | None:
+        """(file bytes, the pixels they decode to), or None without an output format."""
         if output is None:
-            self._self_check(image, current, plans)
             return None
         encoded = output.encode(current)
-        decoded = load_image(encoded) if output.lossy else current.copy()
-        if not final:
-            self._self_check(image, decoded, plans)
-            return encoded, decoded
-        cloaked = [p for p in plans if p.action == "cloaked" and p.t_index is not None]
-        self._self_check(image, decoded, cloaked)
-        newly_failed = [p for p in cloaked if not p.passed(self.policy)]
-        if not newly_failed:
-            return encoded, decoded
-        if self.policy.on_fail != "blur-face":  # keep: report them honestly as unprotected
-            for plan in newly_failed:
-                plan.action = "kept"
-            return encoded, decoded
-        for plan in newly_failed:
-            obscure(current, plan.face.box)
-            plan.action = "obscured"
-        encoded = output.encode(current)
         return encoded, (load_image(encoded) if output.lossy else current.copy())
+
+    def _encode_and_check(self, image: np.ndarray, current: np.ndarray, plans: list["_FacePlan"],
+                          output: OutputFormat | None) -> tuple[bytes, np.ndarray] | None:
+        """Encode ``current`` (with an output format), and self-check the pixels that will be written."""
+        written = self._encode(current, output)
+        self._self_check(image, current if written is None else written[1], plans)
+        return written
+
+    def _recheck_after_obscuring(self, image: np.ndarray, current: np.ndarray, plans: list["_FacePlan"],
+                                 output: OutputFormat | None) -> tuple[bytes, np.ndarray] | None:
+        """After a failing face went under a mosaic, check the faces still reported as cloaked again.
+
+        A mosaic can reach into a neighbouring face's region, and a JPEG block that touches it is
+        encoded differently, so a face that passed may no longer pass on what is written: it is
+        obscured too, and the photo checked again, until no cloaked face fails (each round obscures
+        at least one face, so this ends).
+        """
+        while True:
+            written = self._encode(current, output)
+            cloaked = [p for p in plans if p.action == "cloaked" and p.t_index is not None]
+            if not cloaked:
+                return written
+            self._self_check(image, current if written is None else written[1], cloaked)
+            newly_failed = [p for p in cloaked if not p.passed(self.policy)]
+            if not newly_failed:
+                return written
+            for plan in newly_failed:
+                obscure(current, plan.face.box)
+                plan.action = "obscured"
 
     def _first_attempt(self, plan: "_FacePlan", image, current, bank: TargetBank, warm, on_step) -> None:
         box = plan.face.box
@@ -497,6 +506,8 @@ class Cloaker:
             raise OutputError(f"{destination}: refusing to overwrite the original photo; choose another output")
         if not overwrite and (destination.exists() or destination.is_symlink()):
             raise OutputError(f"{destination}: already exists; pass --overwrite to replace it or choose another output")
+        if not destination.parent.is_dir():  # say so now, not after the cloaking
+            raise OutputError(f"{destination}: the folder {destination.parent} does not exist; create it first")
         image = load_image(source)
         try:
             result = self.protect(image, on_step=on_step, output=output)

@@ -48,6 +48,9 @@ from .reference.targets import default_target_bank, target_bank_from_photos
 from .zoo.registry import default_surrogates, ensure_detector, ensure_recognizer
 
 Progress = Callable[[str], None]
+# ONNX opsets a bundle may ask for: 17 is the default (TensorRT 8.5/8.6); the torch exporter's
+# own opset is 18, and later ones are up to TensorRT 10. Anything else is refused before any work.
+SUPPORTED_OPSETS = (17, 18, 19, 20)
 
 
 def _graph_key(model_id: str, kind: str, size: int, opset: int) -> str:
@@ -64,13 +67,21 @@ def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path
     if path.is_file():
         return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if kind == "grad":
-        export_gradient_graph(rec, tmp, num_targets=size, opset=opset)
-    elif kind == "embed":
-        export_embedding_graph(rec, tmp, max_batch=size, opset=opset)
-    else:
-        raise ValueError(f"unknown graph kind {kind!r}")
-    os.replace(tmp, path)
+    try:
+        if kind == "grad":
+            export_gradient_graph(rec, tmp, num_targets=size, opset=opset)
+        elif kind == "embed":
+            export_embedding_graph(rec, tmp, max_batch=size, opset=opset)
+        else:
+            raise ValueError(f"unknown graph kind {kind!r}")
+        # the exporter may quietly write another opset than asked; a bundle must not claim one it lacks
+        written = {o.domain: o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import}
+        if written.get("", written.get("ai.onnx")) != opset:
+            raise UsageError(f"--opset {opset}: the exporter wrote opset {written.get('', '?')} instead; "
+                             f"use an opset it supports ({', '.join(map(str, SUPPORTED_OPSETS))})")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -102,10 +113,13 @@ def export_bundle(
     say = progress or (lambda _msg: None)
     if out.exists() and not force:
         raise OutputError(f"{out}: already exists; choose another folder or pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise OutputError(f"{out}: exists and is not a bundle; refusing to replace it")
+    if out.exists():
+        _check_replaceable(out)
     if num_targets < 1:
         raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
+    if opset not in SUPPORTED_OPSETS:
+        raise UsageError(f"--opset {opset} is not supported; choose one of {', '.join(map(str, SUPPORTED_OPSETS))} "
+                         "(17 for TensorRT 8.5/8.6)")
     preset = preset or TIPIMConfig()
     preset_json = json.dumps(preset.to_dict(), indent=2, sort_keys=True)
     preset_from_json(preset_json.encode(), "the preset")  # refuse now what the runtime would refuse later
@@ -183,9 +197,7 @@ def export_bundle(
         manifest.hash_files(staging)
         manifest.export_seconds = round(time.perf_counter() - started, 1)
         manifest.write(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        _swap_in(staging, out)
     except BaseException as exc:  # Ctrl-C, a full or read-only disk: leave no half bundle behind
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -193,6 +205,37 @@ def export_bundle(
                               "that the folder is writable") from exc
         raise
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--force`` replaces a bundle, nothing else: a folder without a readable bundle manifest, or
+    with files its manifest does not list (someone's notes, another project), is refused."""
+    try:
+        manifest = BundleManifest.read(out)
+    except ModelError:
+        raise OutputError(f"{out}: exists and is not a cloak bundle; refusing to replace it") from None
+    for path in out.rglob("*"):
+        rel = path.relative_to(out).as_posix()
+        if (path.is_file() or path.is_symlink()) and rel != MANIFEST and rel not in manifest.files:
+            raise OutputError(f"{out}: holds {rel}, which is not part of the bundle; refusing to replace it "
+                              "(move it away or choose another folder)")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the finished bundle at ``out``; an old one is moved aside first and removed only after,
+    so an interruption leaves the old bundle or the new one, never neither."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out.with_name(f".{out.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,

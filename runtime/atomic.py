@@ -26,7 +26,7 @@ from edgecloak.errors import OutputError
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (mode 0644, or the replaced file's); return the path.
+    """Write ``data`` to ``path`` atomically (mode 0666 less the umask, or the replaced file's); return the path.
 
     ``overwrite=False`` raises ``OutputError`` when ``path`` exists, and never replaces it.
 
@@ -49,8 +49,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: 
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        # mkstemp makes the file 0600; outputs are meant to be read (keep a replaced file's mode)
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if overwrite and path.exists() else 0o644)
+        # mkstemp makes the file 0600: give it what open() would (0666 less the umask; a user with
+        # umask 077 keeps private files private), or the mode of the file it replaces
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if overwrite and path.exists() else 0o666 & ~_umask())
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -87,6 +88,20 @@ def _link_no_clobber(tmp: Path, path: Path) -> None:
         if path.exists() or path.is_symlink():
             raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
         os.replace(tmp, path)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system tells (Linux), else set and reset."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # briefly changed: only where /proc cannot tell
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

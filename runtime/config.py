@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -46,6 +47,10 @@ class AttackConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # nan passes every comparison below, and inf makes no sense anywhere
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         if not (0 < self.eps <= 64):
             raise ValueError(f"eps must be in (0, 64] on the 0..255 scale, got {self.eps}")
         if self.steps < 1 or self.alpha <= 0:

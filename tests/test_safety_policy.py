@@ -118,7 +118,7 @@ def test_one_cloaker_serves_several_threads(photo):
 def test_protect_on_fail_drop_exits_4_and_writes_nothing(tmp_path, capsys):
     """The CLI end of fail-closed: a face that cannot pass (a 1/255 budget, one step, no retry) under
     --on-fail drop gives exit 4, one error line, and an output folder with nothing in it -- no photo,
-    no temporary file, no --json half-report."""
+    no temporary file."""
     from edgecloak.cli.main import main
 
     out = tmp_path / "out"

@@ -60,13 +60,13 @@ class ProtectCommand:
             args.photos = [*args.photos, sample_photo()]
         if not args.photos:
             raise UsageError("give at least one photo (or --sample)")
+        planned = plan_outputs(args.photos, outdir, output.suffix)
         if args.json is not None:
-            check_writable_parent(args.json, "--json")
+            check_summary_path(args.json, outdir, [*args.photos, *(i.destination for i in planned)], args.overwrite)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
-        planned = plan_outputs(args.photos, outdir, output.suffix)
         summary, exit_code = [], 0
         if not args.overwrite:  # refuse before minutes of work (protect_file checks again, race-free, on writing)
             for item in [i for i in planned if i.destination.exists() or i.destination.is_symlink()]:
@@ -76,7 +76,7 @@ class ProtectCommand:
                 summary.append({"photo": str(item.source), "error": str(err)})
                 planned.remove(item)
         if not planned:
-            _write_summary(args.json, summary)
+            _write_summary(args.json, summary, args.overwrite)
             return exit_code
 
         surrogates = args.surrogates.split(",") if args.surrogates else None
@@ -118,13 +118,25 @@ class ProtectCommand:
             summary.append({"photo": str(photo), "output": str(dest), "format": output.describe(),
                             "max_abs_change": result.max_abs_change, "mask_max_abs_change": result.mask_max_abs_change,
                             "faces": [vars(f) for f in result.faces]})
-        _write_summary(args.json, summary)
+        _write_summary(args.json, summary, args.overwrite)
         return exit_code
 
 
-def _write_summary(path: Path | None, summary: list) -> None:
+def _write_summary(path: Path | None, summary: list, overwrite: bool) -> None:
     if path is not None:
-        write_json_atomic(path, summary)
+        write_json_atomic(path, summary, overwrite=overwrite)
+
+
+def check_summary_path(path: Path, outdir: Path, taken: list[Path], overwrite: bool) -> None:
+    """``UsageError`` now, before any work, for a ``--json`` path that cannot or must not be written:
+    a missing or read-only folder (the output folder counts: it is made), an input photo or an output
+    of this run, or an existing file without ``--overwrite``."""
+    if any(path.resolve() == p.resolve() for p in taken):
+        raise UsageError(f"--json {path}: that is a photo or an output of this run; choose another name")
+    if path.parent.resolve() != outdir.resolve():
+        check_writable_parent(path, "--json")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UsageError(f"--json {path}: already exists; pass --overwrite to replace it or choose another name")
 
 
 def check_writable_parent(path: Path, flag: str) -> None:
