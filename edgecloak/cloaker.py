@@ -489,7 +489,8 @@ class Cloaker:
         on_step: Callable[[int], None] | None = None,
         overwrite: bool = False,
     ) -> Result:
-        """Protect one photo file into ``destination`` (atomic; PNG unless it ends in .jpg/.jpeg).
+        """Protect one photo file into ``destination`` (atomic; PNG unless it ends in .jpg/.jpeg; its
+        folder is created when missing).
 
         The self-check runs on the decoded bytes that are written (see ``protect``'s ``output``).
         The original is never modified: a destination that is the source itself is refused, even
@@ -506,8 +507,11 @@ class Cloaker:
             raise OutputError(f"{destination}: refusing to overwrite the original photo; choose another output")
         if not overwrite and (destination.exists() or destination.is_symlink()):
             raise OutputError(f"{destination}: already exists; pass --overwrite to replace it or choose another output")
-        if not destination.parent.is_dir():  # say so now, not after the cloaking
-            raise OutputError(f"{destination}: the folder {destination.parent} does not exist; create it first")
+        try:  # made (or refused) now, not after the cloaking
+            destination.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{destination}: cannot create the folder {destination.parent} "
+                              f"({exc.strerror or exc})") from exc
         image = load_image(source)
         try:
             result = self.protect(image, on_step=on_step, output=output)
