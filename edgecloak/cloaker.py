@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import threading
@@ -287,15 +288,15 @@ class Cloaker:
         from edgecloak.runtime.protector import RuntimeProtector
 
         if bundle is None:
-            try:  # a workstation: the preset's bundle from the cache, (re-)exported when missing or stale
+            if _export_extra_installed():  # a workstation: the cached bundle, (re-)exported when missing or stale
                 from edgecloak.export.bundle import load_default_bundle
-            except ImportError:  # a device (no export extra): the cached bundle as it is, if it verifies
+
+                bundle = load_default_bundle(surrogates, recipe.num_targets, preset=preset)
+            else:  # a device: the cached bundle as it is, if it verifies (no export code is even imported)
                 from edgecloak.runtime.bundle_cache import load_cached_bundle
 
                 bundle = load_cached_bundle(surrogates, recipe.num_targets, preset,
                                             custom_surrogates=list(surrogates) != list(recipe.surrogates))
-            else:
-                bundle = load_default_bundle(surrogates, recipe.num_targets, preset=preset)
         elif surrogates:
             raise UsageError("--surrogates is fixed by the bundle; export another bundle to change it")
         else:
@@ -529,3 +530,11 @@ def _max_change(image: np.ndarray, written: np.ndarray, plans: list["_FacePlan"]
             x0, y0, x1, y1 = grown_box(plan.face.box, image.shape, margin=0.2)
             diff[y0:y1, x0:x1] = 0
     return int(diff.max())
+
+
+def _export_extra_installed() -> bool:
+    """Can this machine export bundles (torch and onnx importable)? Asked without importing them."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx"))
+    except (ImportError, ValueError):  # a broken install, or an import hook that refuses them
+        return False

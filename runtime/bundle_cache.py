@@ -7,7 +7,10 @@ bundle as it is (verified, hashes included) or says, in one line, how to get one
 
 The folder name holds the preset (``fast`` and ``edge`` share a surrogate but not their
 settings), the surrogates and K: ``fast-mobileface-k10``. Bundles made for no preset (explicit
-surrogates, the default TIP-IM settings) drop the preset part: ``mobileface-k10``.
+surrogates, the default TIP-IM settings) drop the preset part: ``mobileface-k10``. A device trusts
+the name only as far as the manifest agrees with it: a cached bundle whose recorded preset
+(``recipe``), surrogates or K differ from what its folder name says (a renamed or swapped folder)
+is refused, since it would run another preset's settings under this one's name.
 
 Example:
     >>> import os; os.environ["EDGECLOAK_HOME"] = "/tmp/ec"
@@ -62,9 +65,15 @@ def load_cached_bundle(surrogates: Sequence[str], num_targets: int, preset: str 
     path = cached_bundle_path(surrogates, num_targets, preset)
     if (path / "manifest.json").is_file():
         try:
-            return Bundle.load(path)
+            bundle = Bundle.load(path)
         except ModelError as exc:
             problem = f"the cached one is refused: {exc}"
+        else:
+            mismatch = _mismatch(bundle, surrogates, num_targets, preset)
+            if mismatch is None:
+                return bundle
+            problem = (f"the cached one in {path} is refused: its manifest does not match its folder name "
+                       f"({mismatch}: a renamed or swapped folder); remove it")
     else:
         problem = f"none in {path.parent}"
     what = f"preset {preset}" if preset else "surrogates " + ",".join(surrogates)
@@ -76,3 +85,24 @@ def load_cached_bundle(surrogates: Sequence[str], num_targets: int, preset: str 
     raise ModelError(f"no cloak bundle for {what} ({problem}); export one on a workstation with "
                      f"`{command} -o DIR` and pass --bundle DIR, or install the export extra here: "
                      "pip install 'edgecloak[export]'")
+
+
+def _mismatch(bundle: Bundle, surrogates: Sequence[str], num_targets: int, preset: str | None) -> str | None:
+    """What in ``bundle``'s manifest differs from the preset, surrogates and K asked for; None when all agree.
+
+    Example:
+        >>> fast = Bundle.load(cached_bundle_path(["mobileface"], 10, "fast"))   # doctest: +SKIP
+        >>> _mismatch(fast, ["mobileface"], 10, "edge")                          # doctest: +SKIP
+        'preset fast where the name says edge'
+    """
+    m = bundle.manifest
+    recorded = m.recipe.name if m.recipe is not None else None
+    ids = [s.id for s in m.surrogates]
+    differences = []
+    if recorded != preset:
+        differences.append(f"preset {recorded or '(none)'} where the name says {preset or '(none)'}")
+    if ids != list(surrogates):
+        differences.append(f"surrogates {','.join(ids)} where the name says {','.join(surrogates)}")
+    if m.num_targets != num_targets:
+        differences.append(f"K {m.num_targets} where the name says {num_targets}")
+    return "; ".join(differences) or None

@@ -90,12 +90,13 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("edgecloak: error:")]
 
 
-def plant_frame(folder: Path, number: int, data: bytes, stamp: str = "20250101-120000") -> Path:
+def plant_frame(folder: Path, number: int, data: bytes, stamp: str = "20250101-120000", protected: bool = True) -> Path:
     """A frame as ``Outbox.write`` leaves it (sidecar naming the image with its size and sha256, then the image)."""
     folder.mkdir(parents=True, exist_ok=True)
     image = folder / f"frame-{stamp}-{number:06d}.png"
     image.with_suffix(".json").write_text(json.dumps(
-        {"faces": [], "image": image.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+        {"faces": [], "protected": protected, "image": image.name, "bytes": len(data),
+         "sha256": hashlib.sha256(data).hexdigest()}))
     image.write_bytes(data)
     return image
 
@@ -231,6 +232,38 @@ def test_some_frames_dropped_is_exit_0_and_says_how_many(tmp_path):
         "--on-fail blur-face or keep emits them anyway)")
 
 
+@pytest.mark.slow
+def test_kept_unprotected_frames_are_counted_apart_and_held_from_upload(clip, tmp_path):
+    """Defect: with --on-fail keep a frame whose sidecar says "protected": false was logged as a cloaked
+    frame and uploaded."""
+    path, _ = clip
+    outbox, dest = tmp_path / "outbox", tmp_path / "dest"
+    dest.mkdir()
+    # a margin above 2 cannot be reached: every face fails its self-check, deterministically, and is kept
+    done = run_cli("run", "--camera", str(path), "--outbox", str(outbox), "--mode", "continuous", "--max-frames", "2",
+                   "--steps", "1", "--retries", "0", "--min-margin", "2", "--on-fail", "keep",
+                   "--upload-cmd", f"cp {{}} {dest}/")
+    assert done.returncode == 0, done.stderr  # keep is the user's choice: the frames are on disk as asked
+    cars = sidecars(outbox)
+    assert len(cars) == 2 and not any(car["protected"] for car in cars)
+    assert all(face["action"] == "kept" for car in cars for face in car["faces"])
+    # held: not uploaded
+    assert not list(dest.iterdir()) and not list(outbox.glob("*.uploaded"))
+    # and not called cloaked
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("0 cloaked frame(s) of 2 read"), last
+    assert "2 frame(s) written with a face NOT protected (--on-fail keep), held in the outbox, not uploaded" in last
+    summary = summary_of(done)
+    assert (summary["emitted"], summary["unprotected"], summary["dropped"]) == (2, 2, 0)
+    # held, not rejected: one line each, and counted on their own
+    assert summary["uploads"]["uploaded"] == summary["uploads"]["rejected"] == summary["uploads"]["pending"] == 0
+    assert summary["uploads"]["held"] == 2
+    images = sorted(outbox.glob("frame-*.png"))
+    for image in images:
+        assert sum(line.startswith(f"holding {image.name!r}: a face in it is not protected")
+                   for line in done.stdout.splitlines()) == 1, done.stdout
+
+
 def test_the_outcome_rule():
     from edgecloak.camera.session import raise_for_outcome
     from edgecloak.errors import CameraError, ProtectionFailedError
@@ -249,10 +282,13 @@ def test_snapshots_every_n_frames_and_slow_uploads_never_block_capture(clip, tmp
     path, _ = clip
     outbox, dest, gate = tmp_path / "outbox", tmp_path / "uploaded", tmp_path / "gate"
     dest.mkdir()
-    # an upload that cannot finish until the gate opens: capture must go on regardless
+    # an upload that cannot finish until the gate opens: capture must go on regardless. 3 steps and
+    # --on-fail keep: some faces may stay unprotected, and this test is about queueing, so they are
+    # uploaded too (--upload-unprotected; holding them is test_kept_unprotected_frames_...)
     upload = f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; cp \"$1\" {dest}/' upload {{}}"
     done = run_cli("run", "--camera", str(path), "--outbox", str(outbox), "--every", "2", "--steps", "3",
-                   "--on-fail", "keep", "--upload-cmd", upload, "--queue-size", "1", "--drain-timeout", "0")
+                   "--on-fail", "keep", "--upload-cmd", upload, "--upload-unprotected", "--queue-size", "1",
+                   "--drain-timeout", "0")
     assert done.returncode == 0, done.stderr
     summary = summary_of(done)
     assert summary["stopped"] == "end of video" and summary["read"] == 8 and summary["emitted"] == 4
@@ -261,7 +297,7 @@ def test_snapshots_every_n_frames_and_slow_uploads_never_block_capture(clip, tmp
     assert not list(dest.iterdir()) and not list(outbox.glob("*.uploaded"))
     assert all(TOOL_NAME.fullmatch(p.name) for p in outbox.iterdir())
     gate.touch()  # the network is back: the next run uploads what was left
-    done = run_cli("run", "--outbox", str(outbox), "--upload-cmd", upload, "--upload-pending")
+    done = run_cli("run", "--outbox", str(outbox), "--upload-cmd", upload, "--upload-pending", "--upload-unprotected")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in outbox.glob("frame-*.png"))
     assert len(list(outbox.glob("*.uploaded"))) == 4
@@ -407,6 +443,52 @@ def test_a_live_stream_sigusr1_snapshot_without_metadata_and_a_lost_camera_is_ex
         assert chunk not in raw
 
 
+def test_sessions_ending_in_the_same_second_keep_their_own_summaries(tmp_path, fast_cloaker):
+    """Defect: the summary was session-YYYYMMDD-HHMMSS.json, replaced by the next session ending in that second."""
+    from edgecloak.camera import CameraSession, RunSettings
+
+    blank = tmp_path / "blank.avi"  # one frame, nobody in it: a session of a few milliseconds
+    writer = cv2.VideoWriter(str(blank), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    writer.write(np.full((64, 64, 3), 128, np.uint8))
+    writer.release()
+    outbox = tmp_path / "outbox"
+    summaries, seconds = [], []
+    # sessions one after another on one outbox, in one process, until two of them ran within one second
+    while len(summaries) < 20 and (not seconds or len(set(seconds)) == len(seconds)):
+        before = time.strftime("%Y%m%d-%H%M%S")
+        summaries.append(CameraSession(fast_cloaker, RunSettings(source=str(blank), outbox=outbox, mode="continuous"),
+                                       log=lambda _line: None).run())
+        after = time.strftime("%Y%m%d-%H%M%S")
+        seconds.append(before if before == after else f"straddled {len(seconds)}")
+    assert len(set(seconds)) < len(seconds), seconds  # two sessions ended in the same second
+    assert all(s["read"] == s["no_face"] == 1 for s in summaries)
+    files = sorted(outbox.glob("session-*.json"))
+    assert len(files) == len(summaries), [f.name for f in files]
+    assert all(re.fullmatch(rf"session-[0-9]{{8}}-[0-9]{{6}}-{os.getpid()}(-[0-9]+)?\.json", f.name) for f in files)
+    assert sorted(json.dumps(json.loads(f.read_text()), sort_keys=True) for f in files) == \
+        sorted(json.dumps(s, sort_keys=True) for s in summaries)
+
+
+def test_a_video_that_yields_no_frame_is_exit_8_in_one_line(tmp_path):
+    """Defect: a video file OpenCV opens but that yields no frame ended the session at once, exit 0, silently."""
+    empty = tmp_path / "empty.mp4"  # a real video container with no frame in it (MJPG in AVI, named .mp4)
+    writer = cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    writer.release()
+    (tmp_path / "empty.avi").rename(empty)
+    capture = cv2.VideoCapture(str(empty))
+    assert capture.isOpened() and not capture.read()[0]  # opens, and has nothing to read
+    capture.release()
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    for source, why in ((empty, "no frame could be read; is it a video?"),
+                        (text, "cannot open this video file; is it a video?")):
+        outbox = tmp_path / f"outbox-{source.stem}"
+        done = run_cli("run", "--camera", str(source), "--outbox", str(outbox))
+        assert done.returncode == 8, done.stdout + done.stderr
+        assert error_lines(done.stderr) == [f"edgecloak: error: {source}: {why}"], done.stderr
+        assert "capturing" not in done.stdout and not outbox.exists()  # refused before the models load
+
+
 def test_a_camera_that_is_not_there_is_one_line_and_nonzero(tmp_path):
     for source in ("7", str(tmp_path / "missing.mp4")):
         done = run_cli("run", "--camera", source, "--outbox", str(tmp_path / "o"), "--preset", "edge")
@@ -423,12 +505,12 @@ def test_outbox_names_never_repeat_and_stale_temp_files_go(tmp_path, photo_png):
     from edgecloak.errors import OutputError
 
     with Outbox(tmp_path) as box:
-        first = box.write(photo_png, {"faces": []})
+        first = box.write(photo_png, {"faces": [], "protected": True})
         with pytest.raises(OutputError, match="another edgecloak run is writing"):
             Outbox(tmp_path)  # one writer at a time
     (tmp_path / ".frame-x.png.abc.tmp").write_bytes(b"half")
     box = Outbox(tmp_path)  # a restart
-    second = box.write(photo_png, {"faces": []})
+    second = box.write(photo_png, {"faces": [], "protected": True})
     assert first != second and box.frames() == [first, second]
     assert not list(tmp_path.glob(".*.tmp"))
     car = json.loads(second.with_suffix(".json").read_text())
@@ -439,7 +521,9 @@ def test_outbox_names_never_repeat_and_stale_temp_files_go(tmp_path, photo_png):
     assert os.stat(second).st_mode & 0o777 == 0o644
     assert all(TOOL_NAME.fullmatch(p.name) for p in tmp_path.iterdir())
     with pytest.raises(ValueError):
-        box.write(load_image(sample_photo()), {})  # pixels, not the checked bytes: refused
+        box.write(load_image(sample_photo()), {"protected": True})  # pixels, not the checked bytes: refused
+    with pytest.raises(ValueError, match="protected"):
+        box.write(photo_png, {"faces": []})  # the uploader decides on "protected": a sidecar must say it
     box.close()
 
 
@@ -461,7 +545,7 @@ def test_frames_past_999999_are_uploaded_in_numeric_order(tmp_path, photo_png):
     assert [Path(line).name for line in log.read_text().split()] == [p.name for p in planted]
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in planted)
     with Outbox(outbox) as box:  # and the writer carries on counting
-        assert box.write(photo_png, {}).name.endswith("-1000002.png")
+        assert box.write(photo_png, {"protected": True}).name.endswith("-1000002.png")
 
 
 def test_only_regular_files_the_tool_wrote_are_uploaded(tmp_path, photo_png):
@@ -478,6 +562,8 @@ def test_only_regular_files_the_tool_wrote_are_uploaded(tmp_path, photo_png):
         "frame-20250101-120000-00000\u0663.png": "not a frame name",  # ARABIC-INDIC DIGIT THREE: \d took it
         "frame-20250101-120000-000005.png": "no size and sha256",  # a file with a "{}" sidecar
         "frame-20250101-120000-000006.png": "sha256 differs",  # changed after the tool wrote it
+        # name, size and sha256 right, but the sidecar does not say the faces are protected: fails closed
+        "frame-20250101-120000-000007.png": "does not say whether its faces are protected",
     }
     names = list(hostile)
     os.symlink(secret, outbox / names[0])
@@ -491,11 +577,13 @@ def test_only_regular_files_the_tool_wrote_are_uploaded(tmp_path, photo_png):
     (outbox / "frame-20250101-120000-000005.json").write_text("{}")
     changed = plant_frame(outbox, 6, photo_png)
     changed.write_bytes(photo_png[:-1] + bytes([photo_png[-1] ^ 1]))
+    unsaid = plant_frame(outbox, 7, photo_png).with_suffix(".json")
+    unsaid.write_text(json.dumps({k: v for k, v in json.loads(unsaid.read_text()).items() if k != "protected"}))
     done = run_cli("run", "--outbox", str(outbox), "--upload-pending", "--upload-cmd", f"cp {{}} {dest}/")
     assert done.returncode == 1, done.stdout + done.stderr  # rejected frames need a person
     assert [p.name for p in dest.iterdir()] == [good.name]
     counts = summary_of(done)
-    assert (counts["uploaded"], counts["rejected"], counts["pending"]) == (1, 5, 0)
+    assert (counts["uploaded"], counts["rejected"], counts["pending"]) == (1, 6, 0)
     for name, why in hostile.items():
         assert any(line.startswith(f"not uploading {name!r}: ") and why in line
                    for line in done.stdout.splitlines()), done.stdout
@@ -524,13 +612,38 @@ def test_leftover_sidecars_of_a_killed_run_are_removed(tmp_path, photo_png):
     assert not orphan.exists() and kept.with_suffix(".json").exists() and all(p.exists() for p in not_ours)
 
 
+def test_frames_with_an_unprotected_face_are_held_until_the_user_opts_in(tmp_path, photo_png):
+    """Defect: --upload-pending uploaded a frame whose sidecar says "protected": false (--on-fail keep)."""
+    outbox, dest = tmp_path / "outbox", tmp_path / "dest"
+    dest.mkdir()
+    good = plant_frame(outbox, 1, photo_png)
+    kept = plant_frame(outbox, 2, photo_png, protected=False)
+    for _ in range(2):  # held, not failed or rejected: exit 0 every time, and still held
+        done = run_cli("run", "--outbox", str(outbox), "--upload-pending", "--upload-cmd", f"cp {{}} {dest}/")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert [p.name for p in dest.iterdir()] == [good.name]
+        counts = summary_of(done)
+        assert (counts["pending"], counts["held"], counts["rejected"], counts["failed"]) == (0, 1, 0, 0)
+        assert f"holding {kept.name!r}: a face in it is not protected" in done.stdout
+        assert "1 frame(s) with a face not protected held" in done.stdout
+    assert counts["uploaded"] == 0 and not kept.with_suffix(".uploaded").exists()
+    done = run_cli("run", "--outbox", str(outbox), "--upload-pending", "--upload-unprotected",
+                   "--upload-cmd", f"cp {{}} {dest}/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (summary_of(done)["uploaded"], summary_of(done)["held"]) == (1, 0)
+    assert sorted(p.name for p in dest.iterdir()) == [good.name, kept.name]
+    done = run_cli("run", "--camera", "0", "--outbox", str(outbox), "--upload-unprotected")
+    assert done.returncode == 2
+    assert error_lines(done.stderr) == ["edgecloak: error: --upload-unprotected needs --upload-cmd"]
+
+
 def test_a_failed_upload_is_marked_and_retried_by_the_next_run(tmp_path, photo_png):
     from edgecloak.camera.outbox import Outbox
 
     outbox, dest = tmp_path / "outbox", tmp_path / "dest"
     dest.mkdir()
     with Outbox(outbox) as box:
-        frame = box.write(photo_png, {"faces": []})
+        frame = box.write(photo_png, {"faces": [], "protected": True})
     done = run_cli("run", "--outbox", str(outbox), "--upload-pending",
                    "--upload-cmd", "sh -c 'echo no route to host >&2; exit 1'")
     assert done.returncode == 1
@@ -551,7 +664,7 @@ def test_the_frame_path_is_one_argument_and_never_shell_code(tmp_path, photo_png
     outbox, dest = tmp_path / "my outbox; $(touch PWNED)", tmp_path / "dest"
     dest.mkdir()
     with Outbox(outbox) as box:
-        frame = box.write(photo_png, {"faces": []})
+        frame = box.write(photo_png, {"faces": [], "protected": True})
     assert TOOL_NAME.fullmatch(frame.name)  # the part of the path the tool chooses
     for command in (f"cp {{}} {dest}/", f"sh -c 'cp \"$1\" {dest}/' _ {{}}"):  # the two safe forms
         for marker in outbox.glob("*.uploaded"):

@@ -10,8 +10,17 @@ either file is written). Upload state lives next to it as markers: ``NAME.upload
 Only frames this tool wrote are ever handed to an uploader (``verify``): the name is one the tool
 generates (``frame-YYYYMMDD-HHMMSS-NNNNNN.png``, ASCII digits, 6 or more of them for the frame
 number, nothing after the extension), the entry is a regular file and not a symbolic link, and
-its sidecar is a JSON object naming that image with its size and sha256. Anything else that looks
-like a frame is *rejected*: never uploaded, and reported by ``scan`` with the reason.
+its sidecar is a JSON object naming that image with its size and sha256 and saying whether every
+face in it is protected. Anything else that looks like a frame is *rejected*: never uploaded, and
+reported by ``scan`` with the reason.
+
+A frame the tool wrote whose sidecar says ``"protected": false`` (a face failed the self-check and
+``--on-fail keep`` kept it as it is) is *held*: keeping a frame on disk is one choice, uploading an
+unprotected face is another, so it is not uploaded unless the uploader is told to
+(``unprotected_ok``, ``edgecloak run --upload-unprotected``). Held frames are counted on their own
+(``held``), not as rejects: nothing is wrong with them, so they do not make ``--upload-pending``
+fail, and they stay in the outbox until a run with ``--upload-unprotected`` uploads them or a
+person removes them.
 
 Opening the outbox removes what a killed run left behind: temporary files, and sidecars whose
 image was never written (a kill between the two writes; only sidecars of the tool's own frame
@@ -21,7 +30,7 @@ a frame being written right now for a leftover.
 
 Example:
     >>> box = Outbox(Path("outbox"))                                    # doctest: +SKIP
-    >>> path = box.write(OutputFormat().encode(rgb), {"faces": []})     # doctest: +SKIP
+    >>> path = box.write(OutputFormat().encode(rgb), {"faces": [], "protected": True})     # doctest: +SKIP
     >>> box.pending() == [path]                                         # doctest: +SKIP
     True
 """
@@ -58,14 +67,22 @@ _LOOKS_LIKE_FRAME = re.compile(r"frame-.*\.(png|jpg)\s*", re.IGNORECASE | re.DOT
 _USED_NUMBER = re.compile(r"frame-[0-9]{8}-[0-9]{6}-([0-9]+)\.", re.ASCII)
 _MAX_SIDECAR_BYTES = 1 << 20  # a real sidecar is a few KB; never read a planted giant into memory
 _MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff"}
+# What ``verify`` answers for a frame the tool wrote with an unprotected face (``--on-fail keep``):
+# not a reject, a hold (``scan`` lists it in ``held``).
+UNPROTECTED = "a face in it is not protected (kept by --on-fail keep)"
 
 
 @dataclass
 class OutboxScan:
-    """What ``Outbox.scan`` found: verified frames (oldest first), those not uploaded, and rejects."""
+    """What ``Outbox.scan`` found: verified frames (oldest first), those to upload, those held, and rejects.
+
+    ``held``: frames the tool wrote, not uploaded, whose sidecar says a face is not protected; they
+    are in ``pending`` instead when the scan was asked for them (``unprotected_ok``).
+    """
 
     frames: list[Path] = field(default_factory=list)
     pending: list[Path] = field(default_factory=list)
+    held: list[Path] = field(default_factory=list)
     rejected: list[tuple[Path, str]] = field(default_factory=list)  # (path, why it is not uploaded)
 
 
@@ -79,7 +96,7 @@ class Outbox:
 
     Example:
         >>> with Outbox(Path("outbox"), OutputFormat.named("jpg", 90)) as box:     # doctest: +SKIP
-        ...     box.write(result.encoded, {"faces": []}).name
+        ...     box.write(result.encoded, {"faces": [], "protected": True}).name
         'frame-20250101-120000-000001.jpg'
     """
 
@@ -108,7 +125,8 @@ class Outbox:
                 self._unlock()
         numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := _USED_NUMBER.match(p.name))]
         self._next = max(numbers, default=0) + 1  # never reuse a number: a restart must not overwrite
-        self._verified: dict[str, tuple[int, int, int]] = {}  # name -> (inode, size, mtime) of a good frame
+        # name -> ((inode, size, mtime), protected) of a frame that verified
+        self._verified: dict[str, tuple[tuple[int, int, int], bool]] = {}
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, data: bytes, sidecar: dict[str, Any]) -> Path:
@@ -119,12 +137,14 @@ class Outbox:
         ever replaces an existing one.
 
         Example:
-            >>> box.write(OutputFormat().encode(rgb), {"faces": []}).name          # doctest: +SKIP
+            >>> box.write(OutputFormat().encode(rgb), {"faces": [], "protected": True}).name          # doctest: +SKIP
             'frame-20250101-120000-000001.png'
         """
         suffix = self.output.suffix
         if not isinstance(data, (bytes, bytearray)) or not bytes(data[:8]).startswith(_MAGIC[suffix]):
             raise ValueError(f"expected the encoded bytes of a {self.output.describe()} file")
+        if not isinstance(sidecar.get("protected"), bool):  # the uploader decides on it: it must be said
+            raise ValueError("the sidecar must say whether every face in the frame is protected ('protected')")
         data = bytes(data)
         while True:  # skip numbers a concurrent hand (or an old marker) already took
             stem = f"frame-{time.strftime('%Y%m%d-%H%M%S')}-{self._next:06d}"
@@ -145,12 +165,14 @@ class Outbox:
             image.with_suffix(".upload-error").unlink(missing_ok=True)
 
     # -- reading ----------------------------------------------------------------------------
-    def verify(self, image: Path, *, fresh: bool = False) -> str | None:
-        """Why ``image`` is not a finished frame this tool wrote, or None when it is.
+    def verify(self, image: Path, *, fresh: bool = False, unprotected_ok: bool = False) -> str | None:
+        """Why ``image`` is not a frame to upload, or None when it is a finished, protected frame this tool wrote.
 
-        Checks the name, that it is a regular file and not a symlink (``lstat``), and that its
-        sidecar is a JSON object naming it with its size and sha256. ``fresh`` re-hashes even a
-        file verified before (the uploader does, right before running the command).
+        Checks the name, that it is a regular file and not a symlink (``lstat``), that its sidecar
+        is a JSON object naming it with its size and sha256, and that the sidecar says every face
+        is protected: ``"protected": false`` answers ``UNPROTECTED`` (a hold, not a reject) unless
+        ``unprotected_ok``. ``fresh`` re-hashes even a file verified before (the uploader does,
+        right before running the command).
 
         Example:
             >>> box.verify(box.folder / "frame-20250101-120000-000001.png")       # doctest: +SKIP
@@ -169,8 +191,9 @@ class Outbox:
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
         identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if not fresh and self._verified.get(image.name) == identity:
-            return None
+        known = self._verified.get(image.name)
+        if not fresh and known is not None and known[0] == identity:
+            return None if known[1] or unprotected_ok else UNPROTECTED
         car = _read_sidecar(image.with_suffix(".json"))
         if isinstance(car, str):
             return car
@@ -178,6 +201,9 @@ class Outbox:
             return "its sidecar has no size and sha256 (not written by edgecloak)"
         if car.get("image") != image.name:
             return "its sidecar names another image"
+        protected = car.get("protected")
+        if not isinstance(protected, bool):
+            return "its sidecar does not say whether its faces are protected (not written by edgecloak run)"
         if car["bytes"] != st.st_size:
             return f"{st.st_size} bytes, its sidecar says {car['bytes']} (changed after it was written)"
         digest = _sha256_regular_file(image)
@@ -185,32 +211,39 @@ class Outbox:
             return "not a regular file (it changed while being checked)"
         if digest != car["sha256"]:
             return "its sha256 differs from its sidecar's (changed after it was written)"
-        self._verified[image.name] = identity
-        return None
+        self._verified[image.name] = (identity, protected)
+        return None if protected or unprotected_ok else UNPROTECTED
 
-    def scan(self) -> OutboxScan:
-        """Verified frames (numeric order: frame 1000000 comes after 999999), pending ones, and rejects."""
+    def scan(self, *, unprotected_ok: bool = False) -> OutboxScan:
+        """Verified frames (numeric order: frame 1000000 comes after 999999), pending, held and rejected ones.
+
+        A frame whose sidecar says a face is not protected is in ``held`` (not uploaded), or in
+        ``pending`` with ``unprotected_ok``.
+        """
         out = OutboxScan()
-        good: list[tuple[int, str, Path]] = []
+        good: list[tuple[int, str, Path, bool]] = []
         for path in self.folder.iterdir():
             if (m := FRAME_NAME.fullmatch(path.name)) is None and not _LOOKS_LIKE_FRAME.fullmatch(path.name):
                 continue
-            reason = self.verify(path)
-            if reason is None:
-                good.append((int(m.group(1)), path.name, path))
+            reason = self.verify(path, unprotected_ok=unprotected_ok)
+            if reason is None or reason == UNPROTECTED:
+                good.append((int(m.group(1)), path.name, path, reason is None))
             else:
                 out.rejected.append((path, reason))
-        out.frames = [p for _, _, p in sorted(good)]
-        out.pending = [p for p in out.frames if not p.with_suffix(".uploaded").exists()]
+        good.sort()
+        out.frames = [p for _, _, p, _ in good]
+        waiting = [(p, ok) for _, _, p, ok in good if not p.with_suffix(".uploaded").exists()]
+        out.pending = [p for p, ok in waiting if ok]
+        out.held = [p for p, ok in waiting if not ok]
         out.rejected.sort(key=lambda r: r[0].name)
         return out
 
     def frames(self) -> list[Path]:
-        """Verified finished frames, oldest first."""
+        """Verified finished frames (protected or not), oldest first."""
         return self.scan().frames
 
     def pending(self) -> list[Path]:
-        """Verified finished frames not uploaded yet, oldest first (rejects are in ``scan``)."""
+        """Verified, protected frames not uploaded yet, oldest first (held and rejected ones are in ``scan``)."""
         return self.scan().pending
 
     # -- the lock and leftovers -------------------------------------------------------------

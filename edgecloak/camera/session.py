@@ -9,13 +9,21 @@ self-check far more often than a cold start, so frames need fewer iterations on 
 frame is encoded in the output format (PNG, or JPEG at ``jpeg_quality``) and self-checked on the
 decoded bytes, and exactly those checked bytes are written. Frames whose faces fail the self-check
 follow the cloaker's ``SafetyPolicy`` (dropped by default); frames with no face are not emitted
-(nothing vouches for them). SIGINT/SIGTERM finish the frame in hand (writes are atomic), drain the
-upload queue for ``drain_timeout`` seconds, and leave the rest pending for the next run.
+(nothing vouches for them). A frame written with a face that failed the self-check (``--on-fail
+keep``) is counted as ``unprotected``, not as cloaked, and its sidecar says ``"protected": false``:
+the uploader holds it (not uploaded) unless ``upload_unprotected`` (``--upload-unprotected``).
+SIGINT/SIGTERM finish the frame in hand (writes are atomic), drain the upload queue for
+``drain_timeout`` seconds, and leave the rest pending for the next run.
 
 How a session ends (after the summary is written to the outbox and logged): a lost live camera
 raises ``CameraError`` (exit 8); frames were cloaked but every one failed the self-check and was
 dropped (``dropped > 0``, ``emitted == 0``) raises ``ProtectionFailedError`` (exit 4); otherwise
-it returns the summary, and a final line says how many frames were dropped when some were.
+it returns the summary, and a final line says how many frames were dropped, or written with an
+unprotected face, when some were (``--on-fail keep`` is the user's choice: still exit 0). A video
+file that yields no frame at all is a ``CameraError`` too, raised by ``FrameSource`` on opening.
+
+The summary is written as ``session-YYYYMMDD-HHMMSS-PID.json`` (``-PID-2.json`` and on when that
+name is taken), never over an earlier session's.
 
 Example:
     >>> summary = CameraSession(cloaker, RunSettings(source="clip.mp4", outbox=Path("out"))).run()  # doctest: +SKIP
@@ -25,7 +33,9 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import signal
 import threading
 import time
@@ -33,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgecloak.errors import CameraError, NoFaceError, ProtectionFailedError, UsageError
+from edgecloak.errors import CameraError, NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.image_io import OutputFormat
 
@@ -61,6 +71,7 @@ class RunSettings:
     fmt: str = "png"
     jpeg_quality: int | None = None
     upload_cmd: str | None = None
+    upload_unprotected: bool = False  # upload frames with a face kept unprotected (--on-fail keep) too
     queue_size: int = 8
     drain_timeout: float = 30.0
     preview: bool = False
@@ -75,6 +86,8 @@ class RunSettings:
         self.output  # a bad format or --jpeg-quality fails here, before any model loads
         if self.upload_cmd is not None:
             Uploader.parse(self.upload_cmd)  # and so does an --upload-cmd that cannot be split
+        elif self.upload_unprotected:
+            raise UsageError("--upload-unprotected needs --upload-cmd")
 
     @property
     def output(self) -> OutputFormat:
@@ -129,12 +142,17 @@ class CameraSession:
         outbox = Outbox(s.outbox, output)  # holds the outbox's lock until the summary is written
         try:
             summary, last_drop = self._capture(outbox, output)
-            write_json_atomic(outbox.folder / f"session-{time.strftime('%Y%m%d-%H%M%S')}.json", summary)
+            write_summary(outbox.folder, summary)
         finally:
             outbox.close()
         self.log(json.dumps(summary))
-        line = (f"{summary['emitted']} cloaked frame(s) of {summary['read']} read ({summary['stopped']}); "
+        cloaked = summary["emitted"] - summary["unprotected"]
+        line = (f"{cloaked} cloaked frame(s) of {summary['read']} read ({summary['stopped']}); "
                 f"{summary['fps']} frames/s emitted, {summary['cloak_seconds_per_frame']} s cloaking per frame")
+        if summary["unprotected"]:
+            line += (f"; {summary['unprotected']} frame(s) written with a face NOT protected (--on-fail keep)"
+                     + ("" if s.upload_unprotected or not s.upload_cmd
+                        else ", held in the outbox, not uploaded (--upload-unprotected uploads them)"))
         if summary["dropped"]:
             line += (f"; {summary['dropped']} frame(s) dropped: a face failed the self-check "
                      "(the lines above say why; --on-fail blur-face or keep emits them anyway)")
@@ -150,13 +168,17 @@ class CameraSession:
             self.log(f"removed {outbox.removed_sidecars} sidecar(s) of frames a killed run never finished writing")
         uploader, previous_signals = None, {}
         last_drop: str | None = None
-        counts = {"read": 0, "emitted": 0, "dropped": 0, "no_face": 0, "warm_started_faces": 0, "faces": 0}
+        # emitted: frames written, unprotected ones included; unprotected: of those, frames with a face
+        # that failed the self-check and was kept as it is (--on-fail keep)
+        counts = {"read": 0, "emitted": 0, "unprotected": 0, "dropped": 0, "no_face": 0, "warm_started_faces": 0,
+                  "faces": 0}
         busy = 0.0
         warm, last_emitted = None, None
         started = time.perf_counter()
         try:
             if s.upload_cmd:
-                uploader = Uploader(s.upload_cmd, outbox, s.queue_size, log=self.log)
+                uploader = Uploader(s.upload_cmd, outbox, s.queue_size, log=self.log,
+                                    upload_unprotected=s.upload_unprotected)
                 left = uploader.resume()
                 if left:
                     self.log(f"resuming {left} pending upload(s)")
@@ -193,6 +215,7 @@ class CameraSession:
                 busy += seconds
                 path = outbox.write(result.encoded, self._sidecar(counts["read"], result, seconds, warm is not None))
                 counts["emitted"] += 1
+                counts["unprotected"] += not result.protected
                 counts["faces"] += len(result.faces)
                 counts["warm_started_faces"] += sum(f.warm_started for f in result.faces)
                 if uploader is not None:
@@ -251,6 +274,30 @@ class CameraSession:
             pass
 
 
+def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
+    """Write a session's summary as ``session-YYYYMMDD-HHMMSS-PID.json`` in ``folder``, never over another.
+
+    Two sessions may end in the same second (one after the other on an outbox, or in one process):
+    a taken name moves on to ``-PID-2.json``, ``-PID-3.json``, ...; the write itself never replaces
+    a file (``overwrite=False``), so a name taken between the check and the write moves on too.
+
+    Example:
+        >>> write_summary(Path("outbox"), {"read": 0}).name       # doctest: +SKIP
+        'session-20250101-120000-4242.json'
+    """
+    stem = f"session-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for n in itertools.count(1):
+        path = folder / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json")
+        if os.path.lexists(path):
+            continue
+        try:
+            return write_json_atomic(path, summary, overwrite=False)
+        except OutputError:
+            if not os.path.lexists(path):  # not a name clash: the folder cannot be written
+                raise
+    raise AssertionError("unreachable")
+
+
 def raise_for_outcome(summary: dict[str, Any], source: str, last_drop: str | None = None) -> None:
     """Raise the error a finished session's summary calls for; return when it succeeded.
 
@@ -268,8 +315,10 @@ def raise_for_outcome(summary: dict[str, Any], source: str, last_drop: str | Non
     """
     emitted, dropped = summary["emitted"], summary["dropped"]
     if summary["stopped"] == "camera lost":
+        unprotected = summary.get("unprotected", 0)
+        kept = f", {unprotected} of them with a face not protected" if unprotected else ""
         raise CameraError(f"{source}: the camera or stream was lost after {summary['read']} frame(s); "
-                          f"{emitted} cloaked frame(s) are in the outbox ({dropped} dropped); "
+                          f"{emitted} frame(s) are in the outbox{kept} ({dropped} dropped); "
                           "check the camera or the stream and run again")
     if dropped > 0 and emitted == 0:
         last = f"; the last: {last_drop}" if last_drop else ""

@@ -11,6 +11,11 @@ not a symlink, a sidecar with its sha256) are uploaded; each is verified again r
 command runs. A frame that fails is *rejected*: never uploaded, logged with the reason, and
 counted (``rejected``); it stays in the outbox for a person to look at.
 
+A frame whose sidecar says a face in it is not protected (``--on-fail keep``) is *held*, not
+uploaded, unless the uploader was made with ``upload_unprotected=True`` (``--upload-unprotected``):
+it is logged once per run and counted (``held``), apart from the rejects, and checked again right
+before its command runs like every frame.
+
 How the command is run: it is split like a shell line (``shlex``) once, and no shell is started.
 ``{}`` is replaced by the frame's absolute path inside the argument it appears in, so the path is
 always one argument (spaces and all); without ``{}`` the path is appended as the last argument:
@@ -37,7 +42,7 @@ from typing import Callable
 
 from edgecloak.errors import UsageError
 
-from .outbox import Outbox
+from .outbox import UNPROTECTED, Outbox
 
 
 class Uploader:
@@ -45,21 +50,24 @@ class Uploader:
 
     ``{}`` in ``command`` is replaced by the frame's path as (part of) one argument, never through
     a shell (see the module docstring for ``sh -c`` and quoting); ``log`` gets one line per
-    rejected frame.
+    rejected or held frame. ``upload_unprotected``: upload frames whose sidecar says a face is not
+    protected too (held otherwise).
 
     Example:
         >>> up = Uploader("sh -c 'rclone copy \\"$1\\" remote:' _ {}", outbox, log=print)   # doctest: +SKIP
     """
 
     def __init__(self, command: str, outbox: Outbox, max_queue: int = 8, timeout: float = 600.0,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, upload_unprotected: bool = False):
         self.argv = self.parse(command)
         if max_queue < 1:
             raise UsageError("--queue-size must be >= 1")
         self.outbox, self.timeout, self.log = outbox, timeout, log
+        self.upload_unprotected = upload_unprotected
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=max_queue)
-        self.stats = {"uploaded": 0, "failed": 0, "deferred": 0, "rejected": 0}
+        self.stats = {"uploaded": 0, "failed": 0, "deferred": 0, "rejected": 0, "held": 0}
         self._rejected: set[str] = set()  # names reported in this run (each once)
+        self._held: set[str] = set()
         self._known: set[Path] = set()  # queued or uploading
         self._failed: set[Path] = set()  # not retried in this run
         self._backlog = threading.Event()
@@ -98,13 +106,28 @@ class Uploader:
                 self._backlog.set()
 
     def resume(self) -> int:
-        """Queue what earlier runs left pending (reporting rejects); returns how many frames are pending."""
-        scan = self.outbox.scan()
-        for path, reason in scan.rejected:
-            self._reject(path, reason)
+        """Queue what earlier runs left pending (reporting rejects and holds); returns how many frames are pending."""
+        scan = self._scan()
         for path in scan.pending:
             self.submit(path)
         return len(scan.pending)
+
+    def _scan(self):
+        """The outbox's scan, with its rejected and held frames reported (each once per run)."""
+        scan = self.outbox.scan(unprotected_ok=self.upload_unprotected)
+        for path, reason in scan.rejected:
+            self._reject(path, reason)
+        for path in scan.held:
+            self._hold(path)
+        return scan
+
+    def _hold(self, path: Path) -> None:
+        with self._lock:
+            if path.name in self._held:
+                return
+            self._held.add(path.name)
+            self.stats["held"] += 1
+        self.log(f"holding {path.name!r}: {UNPROTECTED}; not uploaded without --upload-unprotected")
 
     def _reject(self, path: Path, reason: str) -> None:
         with self._lock:
@@ -132,7 +155,11 @@ class Uploader:
                 self.queue.task_done()
 
     def _upload(self, path: Path) -> None:
-        reason = self.outbox.verify(path, fresh=True)  # what is sent is what the tool wrote, right now
+        # what is sent is what the tool wrote, protected (or allowed unprotected), right now
+        reason = self.outbox.verify(path, fresh=True, unprotected_ok=self.upload_unprotected)
+        if reason == UNPROTECTED:
+            self._hold(path)
+            return
         if reason is not None:
             self._reject(path, reason)
             return
@@ -169,7 +196,8 @@ class Uploader:
     def close(self, drain_timeout: float = 30.0) -> dict[str, int]:
         """Let the queue drain for up to ``drain_timeout`` s, then stop; returns the counts.
 
-        ``pending`` counts verified frames still not uploaded; ``rejected`` the frames refused.
+        ``pending`` counts verified frames still to upload; ``rejected`` the frames refused; ``held``
+        the unprotected frames not uploaded (without ``upload_unprotected``).
         """
         deadline = time.monotonic() + max(0.0, drain_timeout)
         while time.monotonic() < deadline and (self.queue.unfinished_tasks or self._backlog.is_set()):
@@ -179,7 +207,5 @@ class Uploader:
         if process is not None and process.poll() is None:
             process.terminate()  # the frame it was sending stays pending
         self._thread.join(timeout=10)
-        scan = self.outbox.scan()
-        for path, reason in scan.rejected:
-            self._reject(path, reason)
-        return {**self.stats, "pending": len(scan.pending)}
+        scan = self._scan()
+        return {**self.stats, "pending": len(scan.pending), "held": len(scan.held)}

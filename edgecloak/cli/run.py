@@ -24,7 +24,9 @@ class RunCommand:
     unless --on-fail says otherwise), write them atomically with a JSON sidecar into the outbox, and
     run --upload-cmd on each in the background ({} is the frame's path as one argument; no shell).
     Stops cleanly on Ctrl-C / SIGTERM, at the end of a video, or when the camera is lost (exit 8);
-    SIGUSR1 takes a snapshot. Exit 4 when frames were cloaked but every one was dropped."""
+    SIGUSR1 takes a snapshot. Exit 4 when frames were cloaked but every one was dropped. Frames written
+    with a face that failed the self-check (--on-fail keep) are counted as unprotected and held in the
+    outbox, not uploaded, unless --upload-unprotected."""
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +44,9 @@ class RunCommand:
         p.add_argument("--upload-cmd", default=None,
                        help="run on each finished frame, no shell; {} = its path as one argument "
                             "(in your own sh -c script pass it as \"$1\": sh -c 'cp \"$1\" dst/' _ {})")
+        p.add_argument("--upload-unprotected", action="store_true",
+                       help="upload frames whose sidecar says a face is not protected (--on-fail keep) too; "
+                            "without it they stay in the outbox, held")
         p.add_argument("--queue-size", type=int, default=8, help="upload queue length; beyond it frames wait in the outbox")
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish uploads when stopping")
         p.add_argument("--upload-pending", action="store_true", help="only upload what the outbox has pending, then exit")
@@ -67,12 +72,17 @@ class RunCommand:
             outbox = Outbox(args.outbox, writer=False)  # a session may be writing into it right now
             if outbox.removed_sidecars:
                 print(f"removed {outbox.removed_sidecars} sidecar(s) of frames a killed run never finished writing")
-            uploader = Uploader(args.upload_cmd, outbox, args.queue_size, log=lambda m: print(m, flush=True))
+            uploader = Uploader(args.upload_cmd, outbox, args.queue_size, log=lambda m: print(m, flush=True),
+                                upload_unprotected=args.upload_unprotected)
             print(f"{uploader.resume()} pending frame(s) in {args.outbox}", flush=True)
             counts = uploader.close(drain_timeout=float("inf") if args.drain_timeout <= 0 else args.drain_timeout)
             outbox.close()
             print(json.dumps({**counts, "removed_sidecars": outbox.removed_sidecars}))
-            # rejected frames need a person: say so in the exit status too, every time until they are gone
+            # rejected frames need a person: say so in the exit status too, every time until they are gone.
+            # Held frames (a face not protected, --on-fail keep) do not: holding them is the choice made.
+            if counts["held"]:
+                print(f"{counts['held']} frame(s) with a face not protected held in {args.outbox}, not uploaded "
+                      "(--upload-unprotected uploads them)")
             return 0 if counts["failed"] == counts["pending"] == counts["rejected"] == 0 else 1
         if args.camera is None:
             raise UsageError("give --camera SOURCE (or --upload-pending)")
@@ -81,6 +91,7 @@ class RunCommand:
             max_frames=args.max_frames, warm_steps=args.warm_steps, warm_gap=0 if args.no_warm_start else 5,
             fmt=args.format,
             jpeg_quality=args.jpeg_quality if args.format == "jpg" else None, upload_cmd=args.upload_cmd,
+            upload_unprotected=args.upload_unprotected,
             queue_size=args.queue_size, drain_timeout=args.drain_timeout, preview=args.preview,
         )
         from edgecloak.camera import FrameSource
