@@ -130,8 +130,11 @@ class InlineExecutor(Executor):
     def run(self, spec, tasks, root):
         worker = PhotoWorker(spec)
         self.backend = worker.backend
-        for task in tasks:
-            yield task, worker.process(task, root)
+        try:
+            for task in tasks:
+                yield task, worker.process(task, root)
+        finally:
+            worker.close()
 
 
 # -- local processes --------------------------------------------------------------------------
@@ -212,8 +215,10 @@ class RayPhotoActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         records = []
-        for rel, src, dst in zip(batch["relative"], batch["source"], batch["destination"]):
-            record = self.worker.process(Task(str(rel), Path(src), Path(dst)), self.root)
+        for rel, src, dst, replaces, overwrite in zip(batch["relative"], batch["source"], batch["destination"],
+                                                      batch["replaces"], batch["overwrite"]):
+            task = Task(str(rel), Path(src), Path(dst), replaces=str(replaces) or None, overwrite=bool(overwrite))
+            record = self.worker.process(task, self.root)
             records.append(json.dumps({**record, "_backend": self.worker.backend}))
         return {"relative": list(batch["relative"]), "record": records}
 
@@ -243,8 +248,10 @@ class RayExecutor(Executor):
             cpus_per_actor = max(1.0, cpus // self.workers) if not self.address else 1.0
             if spec.threads is None:
                 spec = replace(spec, threads=int(cpus_per_actor))
-            ds = ray.data.from_items([{"relative": t.relative, "source": str(t.source), "destination": str(t.destination)}
-                                      for t in tasks], override_num_blocks=max(1, min(len(tasks), 4 * self.workers)))
+            # plain columns (no nulls): a hash or "" for what the worker may replace at the destination
+            items = [{"relative": t.relative, "source": str(t.source), "destination": str(t.destination),
+                      "replaces": t.replaces or "", "overwrite": bool(t.overwrite)} for t in tasks]
+            ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(tasks), 4 * self.workers)))
             out = ds.map_batches(
                 RayPhotoActor, fn_constructor_args=(spec, str(root)), batch_size=1, concurrency=self.workers,
                 num_cpus=cpus_per_actor, num_gpus=(gpus / self.workers) if gpus else 0,

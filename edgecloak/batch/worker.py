@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -22,10 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, ProtectionFailedError
+from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, OutputError, ProtectionFailedError
 from edgecloak.runtime.image_io import OutputFormat
 
+from .manifest import _ends_a_line, _parse
 from .plan import Task, sha256_file
+
+# DST/.edgecloak-journal/HOST-PID.jsonl: each worker's record of the bytes it is about to put where,
+# written before the output is renamed into place (see ``PhotoWorker.process``)
+JOURNAL = ".edgecloak-journal"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,16 @@ class PhotoWorker:
         self.cloaker = Cloaker.load(bundle=spec.bundle, backend=spec.backend, preset=spec.preset, policy=policy,
                                     surrogates=spec.surrogates, num_targets=spec.num_targets, **spec.settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._journal: tuple[Path, int] | None = None  # (path, descriptor), opened on the first write
+
+    def close(self) -> None:
+        """Close the journal (idempotent); a worker that is dropped or exits closes it too."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            try:
+                os.close(journal[1])
+            except OSError:
+                pass
 
     @property
     def backend(self) -> str:
@@ -76,6 +92,8 @@ class PhotoWorker:
         ``root``: DST, to record the output relative to it. The photo is encoded in ``spec.output``
         inside ``Cloaker.protect``, which self-checks the decoded pixels; the record's ``margin``,
         ``max_abs_change`` (written file vs source) and ``output_sha256`` are all of the bytes written.
+        A file at the destination is replaced (or, for a photo that did not finish, removed) only when
+        ``may_replace`` allows it; otherwise the photo is an ``error`` and the file is left alone.
 
         Example:
             >>> worker.process(Task("a.jpg", Path("src/a.jpg"), Path("dst/a.png")), Path("dst"))["status"]  # doctest: +SKIP
@@ -90,6 +108,9 @@ class PhotoWorker:
                                   "output_sha256": None, "faces": [], "error": None, "worker": self.name}
         try:
             record["source_sha256"] = sha256_file(task.source)
+            if may_replace(task, root) is False:  # a file that is not ours stands there: no work, nothing touched
+                record.update(status="error", error=not_ours(task))
+                return record
             image = load_image(task.source)
             task.destination.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -109,10 +130,20 @@ class PhotoWorker:
                               faces=[{"box": [round(float(v), 1) for v in f.box], "target": f.target,
                                       "action": f.action, "margin": None if f.margin is None else round(f.margin, 4),
                                       "steps": f.steps, "reason": f.reason} for f in result.faces])
-            write_bytes_atomic(task.destination, data)
-            record["output"] = task.destination.relative_to(root).as_posix() if root else str(task.destination)
-            # the hash of the bytes this worker wrote (not a re-read: a file changed meanwhile is not ours)
-            record["output_sha256"] = hashlib.sha256(data).hexdigest()
+            claim = may_replace(task, root)  # again: a file may have appeared, or ours been edited, meanwhile
+            if claim is False:
+                for written_only in ("faces", "max_abs_change", "mask_max_abs_change"):
+                    record.pop(written_only, None)
+                record.update(status="error", error=not_ours(task), faces=[])
+                return record
+            output_path = task.destination.relative_to(root).as_posix() if root else str(task.destination)
+            # the hash of the bytes this worker writes (not a re-read: a file changed meanwhile is not ours)
+            digest = hashlib.sha256(data).hexdigest()
+            if root is not None:  # first the journal: a kill between the rename and the manifest line
+                self._record_intent(root, {"source": task.relative, "output": output_path, "output_sha256": digest})
+            # nothing there: never replace what appears from now on (race-free); ours: replace it
+            write_bytes_atomic(task.destination, data, overwrite=bool(claim))
+            record["output"], record["output_sha256"] = output_path, digest
         except ProtectionFailedError as exc:
             record.update(status="dropped", error=str(exc))
         except (InputImageError, EdgecloakError) as exc:
@@ -122,12 +153,102 @@ class PhotoWorker:
         finally:
             record["seconds"] = round(time.perf_counter() - t0, 3)
             if record.get("status") not in ("done", "no-face-copied"):
-                # DST mirrors the manifest: no output stands for a photo that did not finish now
+                # DST mirrors the manifest: no output of ours stands for a photo that did not finish now.
+                # Only our own output (or anything, with --overwrite) is removed; a user's file stays.
                 try:
-                    task.destination.unlink(missing_ok=True)
+                    if may_replace(task, root):
+                        task.destination.unlink()
                 except OSError as exc:
                     record["error"] = f"{record.get('error')}; and the old output could not be removed ({exc})"
         return record
+
+    def _record_intent(self, root: Path, entry: dict[str, Any]) -> None:
+        """Append ``entry`` (source, output, output_sha256) to this worker's journal, fsynced, before
+        the output is renamed into place: a run killed after the rename but before the driver wrote
+        the manifest line (Ray actors even finish their photo after the driver is gone) leaves an
+        output that ``may_replace`` still knows as batch's own. ``OutputError`` (and then nothing is
+        written) when the line cannot be written. The job removes the journals after a clean run."""
+        path = root / JOURNAL / f"{self.name.replace(':', '-')}.jsonl"
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            if self._journal is None or self._journal[0] != path:
+                self.close()
+                path.parent.mkdir(exist_ok=True)
+                self._journal = (path, os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644))
+                if not _ends_a_line(self._journal[1]):
+                    line = b"\n" + line  # end a line a kill cut off
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._journal[1], view):]
+            os.fsync(self._journal[1])
+        except OSError as exc:
+            self._drop_empty_journal(path)
+            raise OutputError(f"{path}: cannot record the output about to be written ({exc.strerror or exc}); "
+                              "nothing was written") from exc
+
+    def _drop_empty_journal(self, path: Path) -> None:
+        """After a failed first write (a full disk): leave no empty journal or folder behind."""
+        try:
+            empty = self._journal is not None and os.fstat(self._journal[1]).st_size == 0
+        except OSError:
+            empty = False
+        self.close()
+        try:
+            if empty:
+                path.unlink()
+            path.parent.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def may_replace(task: Task, root: Path | None = None) -> bool | None:
+    """What stands at ``task.destination``: None (nothing), True (this tool's own output, or anything
+    with ``--overwrite``) or False (something else: a user's file, an output edited since, a link, a
+    folder), never to be replaced or removed. Never raises (unreadable counts as not ours).
+
+    Batch's own output: its sha256 is the one the source's latest manifest line recorded
+    (``task.replaces``), or, for an output whose line a kill lost, the one a worker's journal under
+    ``root`` recorded for this source at this place before renaming it in."""
+    dest = task.destination
+    try:
+        if not (dest.exists() or dest.is_symlink()):
+            return None
+        if task.overwrite:
+            return True
+        if dest.is_symlink() or not dest.is_file():
+            return False
+        digest = sha256_file(dest)
+        if task.replaces and digest == task.replaces:
+            return True
+        return root is not None and _journaled(root, task, digest)
+    except OSError:
+        return False
+
+
+def _journaled(root: Path, task: Task, digest: str) -> bool:
+    """Does a worker's journal record writing exactly these bytes for this source at this place? Read
+    only for a file the manifest does not account for (rare), so the cost stays off the common path."""
+    folder = root / JOURNAL
+    if not folder.is_dir():
+        return False
+    try:
+        output = task.destination.relative_to(root).as_posix()
+    except ValueError:
+        return False
+    for journal in sorted(folder.glob("*.jsonl")):
+        if journal.is_symlink() or not journal.is_file():
+            continue
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            entry = _parse(line)
+            if (entry is not None and entry["source"] == task.relative and entry.get("output") == output
+                    and entry.get("output_sha256") == digest):
+                return True
+    return False
+
+
+def not_ours(task: Task) -> str:
+    """The one-line reason a photo is not written over a file it does not own."""
+    return f"{task.destination} exists and was not written by edgecloak batch; pass --overwrite to replace it"
 
 
 def _max_abs_change(original: np.ndarray, written: np.ndarray) -> int:

@@ -12,7 +12,6 @@ import argparse
 from pathlib import Path
 
 from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
-from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.backends import BACKENDS
 
 from .settings import add_fan_out_arguments, add_policy_arguments, add_settings_arguments, fan_out_from, settings_from
@@ -22,7 +21,9 @@ class BatchCommand:
     """Cloak every photo under SRC into DST (tree mirrored, PNG unless --format jpg). DST/manifest.jsonl
     records each photo (hashes, faces, self-check, status); a re-run skips what is done and intact.
     Photos that fail (unreadable, no face, failed self-check) are recorded, not written, and do not
-    stop the run; the exit status is 4 when any photo did not finish."""
+    stop the run; the exit status is 4 when any photo did not finish. A file in DST that batch did not
+    write (per the manifest) is never replaced or removed without --overwrite; that photo is recorded
+    as an error instead."""
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,11 @@ class BatchCommand:
                        help="JPEG quality 1..100 when --format jpg (default 95); the self-check runs on the JPEG as written")
         p.add_argument("--copy-faceless", action="store_true",
                        help="also write photos where no face is found (re-encoded, metadata stripped)")
-        p.add_argument("--json", type=Path, default=None, help="write the summary here too")
+        p.add_argument("--json", type=Path, default=None,
+                       help="write the summary here too (not inside SRC; an existing file only with --overwrite)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace or remove files in DST that batch did not write (by default only its own "
+                            "outputs, as the manifest records them, are replaced), and an existing --json file")
         p.set_defaults(handler=BatchCommand.run)
 
     @staticmethod
@@ -71,18 +76,22 @@ class BatchCommand:
                                   "min_face": policy.min_face, "on_fail": policy.on_fail},
                           output=output, copy_faceless=args.copy_faceless)
         fan = fan_out_from(args)
-        settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"])
-        summary = run_batch(settings)
+        settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"],
+                                 overwrite=args.overwrite, summary_copy=args.json)
+        summary = run_batch(settings)  # the --json copy is checked before any work and written by the job
         rows = [f"{k:>24}: {summary[k]}" for k in ("photos", "skipped_already_done", "processed",
-                                                     "finished_in_library", "seconds", "photos_per_second",
-                                                     "photos_per_second_after_first", "executor", "backend",
-                                                     "output_format")]
+                                                     "finished_in_library", "unprotected", "unprotected_in_library",
+                                                     "seconds", "photos_per_second", "photos_per_second_after_first",
+                                                     "executor", "backend", "output_format")]
         rows.append(f"{'statuses':>24}: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())))
         print("\n".join(rows))
-        print(f"{'manifest':>24}: {args.destination / 'manifest.jsonl'} (summary: summary.json beside it)")
-        if args.json:
-            write_json_atomic(args.json, summary)
+        manifest = args.destination / "manifest.jsonl"
+        print(f"{'manifest':>24}: {manifest} (summary: summary.json beside it)")
+        unprotected = summary["unprotected_in_library"]  # finished, but a face was left as it was
+        kept = f"{unprotected} written with an unprotected face" + (" (--on-fail keep)" if unprotected else "")
         if summary["finished_in_library"] < summary["photos"]:
-            raise ProtectionFailedError(f"{summary['photos'] - summary['finished_in_library']} photo(s) not cloaked; "
-                                        f"see {args.destination / 'manifest.jsonl'}")
+            raise ProtectionFailedError(f"{summary['photos'] - summary['finished_in_library']} photo(s) not cloaked, "
+                                        f"{kept}; see {manifest}")
+        print(f"{summary['finished_in_library']} of {summary['photos']} photo(s) written to {args.destination}, "
+              f"{kept}" + (f"; see {manifest}" if unprotected else ""))
         return 0
