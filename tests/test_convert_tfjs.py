@@ -302,12 +302,19 @@ def test_fused_equals_unfused(case: Case) -> None:
     assert _rel(out64, ref64) <= 1e-5
     assert _rel(grad64, refgrad64) <= 1e-5
 
+    # float32, fused vs unfused. Measured with scripts/measure_drift.py (threads 1 and 2, torch with and
+    # without oneDNN, oneDNN capped to SSE4.1, ATen scalar kernels): outputs worst 4.6e-6 relative
+    # (held to 5e-5); faceres's input gradient worst 1.08e-2 relative L2, 1 - cosine 5.8e-5 (oneDNN
+    # at SSE4.1), faceres-deep 3.8e-3 / 7.3e-6, mobileface 3.4e-7 / 1e-13. Held to 5e-2 and 1e-3 (4.6x
+    # and 17x the worst): what float32 itself does to this gradient (unfused float32 vs float64:
+    # 1.1e-2) fits, a fusion that changes the function does not (the float64 check above is the
+    # exact one).
     out, grad = _out_and_grad(fused, case.x, v)
     ref, refgrad = _out_and_grad(unfused, case.x, v)
     assert _rel(out, ref) <= 5e-5
     cosine = torch.nn.functional.cosine_similarity(grad.flatten().double(), refgrad.flatten().double(), dim=0)
-    assert float(cosine) > 0.9999
-    assert float((grad - refgrad).norm() / refgrad.norm()) < 2e-2
+    assert float(cosine) > 1 - 1e-3
+    assert float((grad - refgrad).norm() / refgrad.norm()) < 5e-2
 
 
 def _toy_module(ops: list[dict], consts: dict[str, torch.Tensor], out: str, fuse: bool) -> TfjsGraphModule:

@@ -13,13 +13,16 @@ from onnx import TensorProto, helper
 from edgecloak.export.bundle import cached_graph
 from edgecloak.export.gradgraph import check_tensorrt_ops, opset_of
 
-# Gradient tolerance (relative L2, fp32) per surrogate. faceres is inherently ill-conditioned at its
-# ReLU6 kinks: the traced function matches autograd to 6e-7, but moving the input by 1e-3 (noise)
-# changes torch's own gradient by 1.3e-2, so ORT's different fp32 summation order flips a few
-# units and gives ~1.3e-3. facenet-casia is the same story (ReLU kinks, 132 convs deep): 1e-3 of
-# input noise moves torch's own gradient by 8.8e-3; ORT vs torch measured 1.6e-3 on this input
-# (1.9e-4 on a random one).
-MODELS = {"mobileface": 1e-5, "faceres": 5e-3, "facenet-casia": 5e-3}
+# Gradient tolerance (relative L2, fp32, ORT graph vs torch autograd) per surrogate. faceres and
+# facenet-casia are inherently ill-conditioned at their ReLU6/ReLU kinks: the traced function matches
+# autograd to 6e-7, but moving the input by 1e-3 (noise) changes torch's own gradient by 1.3e-2
+# (faceres) and 8.8e-3 (facenet-casia), so a different fp32 summation order (ORT vs torch, or torch
+# on other kernels) flips a few units. Measured with scripts/measure_drift.py (threads 1 and 2, torch
+# with and without oneDNN, oneDNN capped to SSE4.1, ATen scalar kernels, ORT optimisation all/basic):
+# faceres 1.3e-3 .. 4.3e-3 (torch without oneDNN), facenet-casia 1.6e-3 in every variant. Both held
+# to 2e-2 (4.6x the worst); a gradient bug (a wrong sign, a dropped cotangent) is off by O(1).
+# mobileface is well conditioned: worst 4.2e-7, held to 1e-5. Embeddings: worst 1.5e-6 abs (faceres).
+MODELS = {"mobileface": 1e-5, "faceres": 2e-2, "facenet-casia": 2e-2}
 K = 10
 
 

@@ -9,6 +9,16 @@ from edgecloak.export.reference.targets import embed_faces
 from edgecloak.export.zoo.registry import recognizer_ids, recognizer_spec
 
 
+# Leave-one-out AUC floors per recognizer: the measured AUC less 0.03. Measured with
+# scripts/measure_drift.py (groups recognizers; threads 1 and 2, torch with and without oneDNN, ATen
+# scalar kernels) on the 118 faces: mobileface 0.929, faceres 0.951, facenet-casia 0.967,
+# faceres-deep 0.901, facenet-keras 0.984, each the same to 4e-7 in every variant (one genuine /
+# impostor pair swapping order moves it by 1.3e-7: ~7.5M such pairs). A flat 0.9 left faceres-deep
+# 0.001 above its floor; 0.03 is ~200,000 swapped pairs, while a conversion that breaks the
+# embedding falls towards 0.5.
+AUC_FLOOR = {"mobileface": 0.90, "faceres": 0.92, "facenet-casia": 0.94, "faceres-deep": 0.87, "facenet-keras": 0.95}
+
+
 def pairwise_auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
     """P(genuine score > impostor score) + 0.5 P(tie): the ROC AUC, by ranks."""
     scores = np.concatenate([genuine, impostor])
@@ -43,5 +53,6 @@ def test_leave_one_out_auc_on_real_photos(model_id, recognizer, celeb_faces):
     np.fill_diagonal(sims, -np.inf)  # leave the probe out of its own gallery
     rank1 = float((labels[sims.argmax(1)] == labels).mean())
     print(f"{model_id}: leave-one-out AUC {auc:.3f}, rank-1 {rank1:.3f} on {len(faces)} faces")
-    assert auc >= 0.9
-    assert rank1 >= 0.8
+    assert model_id in AUC_FLOOR, f"measure {model_id} (scripts/measure_drift.py --groups recognizers) and add its floor"
+    assert auc >= AUC_FLOOR[model_id]
+    assert rank1 >= 0.8  # measured 0.958 (faceres-deep) .. 0.992

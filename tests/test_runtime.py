@@ -128,6 +128,8 @@ def test_backend_gradients_match_torch_autograd(mobileface_bundle, recognizer, b
     e = rec(x)
     want = torch.stack([torch.autograd.grad(e, x, torch.from_numpy(cot[:, k]), retain_graph=True)[0][0] for k in range(10)])
     assert grad.shape == (1, 10, 3, 112, 112)
+    # measured (scripts/measure_drift.py backend-grad, 8 variants: threads, torch kernels, ORT
+    # optimisation): gradient 4.9e-7 relative, embeddings 2.2e-7 abs at worst; 1e-5 is 20x that
     assert np.linalg.norm(grad[0] - want.numpy()) / np.linalg.norm(want.numpy()) < 1e-5
     assert np.abs(emb - e.detach().numpy()).max() < 1e-5
     batch = np.concatenate([crop, crop[:, :, ::-1].copy(), crop * 0.5])
@@ -161,7 +163,7 @@ def test_torch_backend_needs_the_torch_program(mobileface_bundle, tmp_path):
 
 # -- the loop ----------------------------------------------------------------------------------
 
-def _reference_and_runtime(bundle_path, recognizer, sample_face, config, backend="onnxruntime"):
+def _reference_and_runtime(bundle_path, recognizer, sample_face, config, backend="onnxruntime", reference=True):
     from edgecloak.export.reference.tipim import TIPIM
     from edgecloak.export.reference.view import FaceView
 
@@ -172,31 +174,72 @@ def _reference_and_runtime(bundle_path, recognizer, sample_face, config, backend
     x0, y0, x1, y1 = region.box
     pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
     got = RuntimeTIPIM(protector.engines, config).run(pixels, region, targets)
+    if not reference:
+        return got, None, pixels, region
     view = FaceView.around(face.landmarks, image.shape[:2], protector.geometries)
     torch_targets = TargetBank(targets.identities, {k: torch.from_numpy(v) for k, v in targets.embeddings.items()})
     want = TIPIM([recognizer("mobileface")], config).run(torch.from_numpy(pixels), view, torch_targets)
     return got, want, pixels, region
 
 
-# Exact parity (<= 1/255 per pixel) holds for the shipped default (gamma 0) and the L2 variant.
-# With the MMD term on, pixels outside every surrogate's crop get no identity gradient; their step is
-# the sign of an MMD gradient that is exactly 0 in exact arithmetic there (rolled copies cancel), i.e.
-# the sign of float64 rounding noise, which differs between numpy and torch. Measured: 0.1% of the
-# region's pixels (all in that margin) differ, same target; that is what the test holds it to.
+# Runtime vs torch reference, same seed and settings. What holds exactly depends on the step rule.
+# Measured with scripts/measure_drift.py on a 2-core AMD EPYC (AVX2) under 8 variants: threads 1 and 2
+# (OMP/MKL/EDGECLOAK_THREADS, torch.set_num_threads), torch without oneDNN, oneDNN capped to SSE4.1,
+# ATen's scalar kernels, ORT with basic graph optimisation; seeds 0-2; and ("perturb") the runtime
+# against itself with relative noise on its gradients of 1e-6 (the measured engine-to-engine size,
+# ~4e-7) and 1e-5 (25x that; a fresh 2-core machine drifted about this much: 0.046% of pixels).
+#
+# * The L2 step is continuous in the gradient, so float differences stay float-sized: 0 pixels
+#   differed in every variant, seed and perturbation (max diff 1 at 250x the measured noise). It is
+#   held exactly: <= 1/255 per pixel and the same gains.
+# * Sign steps (L_inf) are chaotic: a pixel whose momentum is ~0 takes its sign from rounding noise,
+#   and once one pixel differs the trajectories part. Those runs are held to what survives that:
+#   the share of pixels that differ by more than 1, the gain trajectory (protection as strong), the
+#   target (the final gap between the best two targets was >= 0.24 everywhere, gains drift <= 1e-4)
+#   and the budget. Worst shares measured, and the tolerance (>= 5x):
+#     linf-diversity (the shipped default loop): 0.059% (torch without oneDNN), 0.10% at 1e-5 noise -> 0.5%
+#     rescore: 0.0007% here, 0.0013% at 1e-5 noise, 0.046% on the fresh machine                  -> 0.5%
+#     mmd: 0.37% (torch backend, every variant, seed 0), 0.34% at 1e-5 noise                      -> 1.5%
+#   (With the MMD term on, pixels outside every crop step by the sign of an MMD gradient that is 0 in
+#   exact arithmetic there, i.e. of float64 rounding noise, which differs between numpy and torch.)
+#   Gains: worst |runtime - reference| over the steps 1.14e-4 (mmd, ORT basic), 5.5e-5 at 1e-5 noise -> 5e-4.
+# What the chaotic tolerances still catch (runtime with a planted bug vs the reference, same script,
+# "mutants"): gradient sign flipped 62-65% of pixels, gradient one pixel off 46-54%, one channel's
+# gradient halved 3.2-27%, momentum dropped 59-67%, diversity dropped 49-65%, MMD dropped 80%,
+# re-scoring every step instead of every 4: 11%; a missed projection fails the budget check.
 PARITY = [
-    ({"steps": 20}, 0.0),  # paper defaults, with input diversity
-    ({"steps": 8, "norm": "l2", "eps_l2": 1500.0, "diversity": None}, 0.0),  # L2 variant
-    ({"steps": 8, "gamma": 0.5, "mmd_batch": 4}, 0.005),  # MMD term on
+    ({"steps": 20}, 0.005),  # paper defaults, with input diversity
+    ({"steps": 8, "norm": "l2", "eps_l2": 1500.0, "diversity": None}, 0.0),  # L2 variant: exact
+    ({"steps": 8, "gamma": 0.5, "mmd_batch": 4}, 0.015),  # MMD term on
     # cheaper greedy insertion: between re-scorings torch back-propagates one target, the graph K (and
-    # the runtime keeps one): float sums in another order flip the sign of a ~0 gradient at 1 pixel
-    ({"steps": 12, "rescore_every": 4, "settle_after": 2}, 0.0001),
+    # the runtime keeps one): float sums in another order
+    ({"steps": 12, "rescore_every": 4, "settle_after": 2}, 0.005),
 ]
+CHAOTIC_GAINS_ATOL = 5e-4
+
+
+def assert_protects_like(got, want, pixels, region, config, tolerated):
+    """The runtime's result against the reference's: exact (``tolerated`` 0) or within the chaotic
+    tolerances above; the same target; and the budget, exactly, per pixel."""
+    diff = np.abs(got.region - want.region.numpy())
+    assert (diff > 1).mean() <= tolerated, f"{(diff > 1).mean():.4%} of pixels differ by more than 1"
+    if not tolerated:
+        assert diff.max() <= 1.0
+        assert np.allclose(got.gains, want.gains, atol=1e-4)
+    else:
+        assert len(got.gains) == len(want.gains)
+        assert np.allclose(got.gains, want.gains, atol=CHAOTIC_GAINS_ATOL), np.abs(np.subtract(got.gains, want.gains)).max()
+    assert got.target_index == want.target_index
+    limit = np.floor(config.eps * region.edge_weight_map())
+    for result in (got.region, want.region.numpy()):
+        assert (np.abs(result - pixels) <= limit + 1e-6).all()  # the budget holds exactly, per pixel
+    assert np.abs(got.region - pixels).max() > 0
 
 
 @pytest.mark.parametrize("settings, tolerated", PARITY, ids=["linf-diversity", "l2", "mmd", "rescore"])
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch", "tensorrt"])
 def test_runtime_matches_the_torch_reference(mobileface_bundle, recognizer, sample_face, settings, tolerated, backend):
-    """Same seed and settings: the protected region differs by at most 1/255 and the same target wins.
+    """Same seed and settings: the runtime protects like the reference (see PARITY for what "like" is).
 
     The tensorrt case runs where TensorRT and a GPU exist (scripts/gpu_check.py runs it there).
     """
@@ -210,14 +253,7 @@ def test_runtime_matches_the_torch_reference(mobileface_bundle, recognizer, samp
     diff = np.abs(got.region - want.region.numpy())
     print(f"{backend} {settings}: max diff {diff.max()}, differing pixels {(diff > 1).mean():.3%}, "
           f"targets {got.target_index}/{want.target_index}, loop {got.seconds}")
-    assert (diff > 1).mean() <= tolerated
-    if not tolerated:
-        assert diff.max() <= 1.0
-        assert np.allclose(got.gains, want.gains, atol=1e-4)
-    assert got.target_index == want.target_index
-    limit = np.floor(config.eps * region.edge_weight_map())
-    assert (np.abs(got.region - pixels) <= limit + 1e-6).all()  # the budget holds exactly, per pixel
-    assert np.abs(got.region - pixels).max() > 0
+    assert_protects_like(got, want, pixels, region, config, tolerated)
 
 
 def test_loop_with_fewer_targets_than_the_graphs_take(mobileface_bundle, sample_face):
@@ -257,10 +293,33 @@ def test_runtime_runs_without_torch_or_export_code(mobileface_bundle, sample_fac
     assert done.stdout.startswith("OK onnxruntime")
 
 
-def test_default_bundle_is_reused_until_its_graphs_go_stale():
+@pytest.fixture
+def private_home(tmp_path, monkeypatch):
+    """An $EDGECLOAK_HOME of the test's own, holding a copy of the cached mobileface K 10 bundle.
+
+    The shared cache's models, packages and graphs are linked in (only read here; the exporter
+    writes a graph by atomic rename), so a test that damages or re-exports a bundle touches only its
+    copy and the suite runs in any order."""
+    from edgecloak.export.bundle import default_bundle
+    from edgecloak.runtime.paths import edgecloak_home
+
+    shared = default_bundle(["mobileface"], 10)  # exported into the shared cache if missing (normal use)
+    real = edgecloak_home()
+    home = tmp_path / "home"
+    (home / "bundles").mkdir(parents=True)
+    for name in ("models", "packages", "downloads", "graphs", "locks"):
+        (real / name).mkdir(parents=True, exist_ok=True)
+        (home / name).symlink_to(real / name, target_is_directory=True)
+    shutil.copytree(shared, home / "bundles" / shared.name)
+    monkeypatch.setenv("EDGECLOAK_HOME", str(home))
+    return home
+
+
+def test_default_bundle_is_reused_until_its_graphs_go_stale(private_home):
     from edgecloak.export.bundle import default_bundle
 
     path = default_bundle(["mobileface"], 10)
+    assert path.parent == private_home / "bundles"  # the copy, not the shared cache
     stamp = (path / "manifest.json").stat().st_mtime_ns
     assert default_bundle(["mobileface"], 10) == path
     assert (path / "manifest.json").stat().st_mtime_ns == stamp  # reused, not re-exported
@@ -313,11 +372,22 @@ def test_rescoring_every_r_steps_embeds_one_candidate_in_between(mobileface_bund
 
 def test_early_stop_ends_both_engines_at_the_same_step(mobileface_bundle, recognizer, sample_face):
     """stop_margin: the loop ends once every surrogate prefers the target by the margin; runtime and
-    reference stop at the same step with the same pixels, well before N."""
-    config = TIPIMConfig(steps=40, stop_margin=0.1)
+    reference stop at the same step, well before N, and protect alike (PARITY's L_inf tolerances).
+
+    The margin sits where the stop step is decided by a wide gap. Measured (scripts/measure_drift.py,
+    stop-trace, seed 0), the stop value (min over surrogates of cos(target) - cos(original)) runs
+    -0.0016, 0.0507, 0.0981, 0.1367 over steps 9-12: the old margin 0.1 lay 0.0019 from step 11's
+    value, so a different rounding could move the stop a step. 0.075 lies 0.024 from both neighbours
+    (step 10's 0.0507, step 11's 0.0981): both engines stopped at step 11 in every variant, and the
+    runtime did under noise up to 250x the measured engine-to-engine size (where the gains drift by
+    4e-4, 1/60 of that gap). The pixels are chaotic like any L_inf run (0 differing here).
+    """
+    config = TIPIMConfig(steps=40, stop_margin=0.075)
     got, want, pixels, region = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, config, "onnxruntime")
     assert len(got.gains) == len(want.gains) < 40
-    assert np.abs(got.region - want.region.numpy()).max() <= 1.0
-    full = TIPIMConfig(steps=len(got.gains))  # the same steps without the stop: identical (the stop only ends it)
-    again, _, _, _ = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, full, "onnxruntime")
+    assert_protects_like(got, want, pixels, region, config, PARITY[0][1])
+    # the same steps without the stop, on the same engine: identical (the stop only ends the loop)
+    full = TIPIMConfig(steps=len(got.gains))
+    again, _, _, _ = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, full, "onnxruntime",
+                                            reference=False)
     assert np.array_equal(again.region, got.region)

@@ -105,6 +105,8 @@ def test_batched_gradients_equal_separate_backward_passes(recognizer, celeb_face
         xv = x.clone().requires_grad_(True)
         e = rec(view.crops(xv.round() + (xv - xv.detach()))["mobileface"])
         (g,) = torch.autograd.grad((e * cot[0][k]).sum(), xv)
+        # the worst element used 0.24 of this tolerance (oneDNN at SSE4.1; 0.12 by default) in the
+        # variants of scripts/measure_drift.py (group tipim)
         assert torch.allclose(batched[k], g[0], rtol=1e-4, atol=1e-6 * g.abs().max().item())
 
 
@@ -176,6 +178,9 @@ def test_whitebox_protection_on_real_photos(recognizer, detector, celeb_faces):
         print(f"{p.path.name[:40]}: true {p.identity}, rank-1 clean {labels[clean_top]}, protected {labels[top]}"
               f" (target chosen: {result.faces[0].target})")
     print(f"white-box mobileface: {moved}/10 moved off their identity (Rank-1-UT), {rank1_target}/10 at a target")
+    # measured 10/10 and 10/10 in every variant of scripts/measure_drift.py (threads, torch kernels) and
+    # for diversity seeds 1-3 (other trajectories, as another machine's rounding would give): one and
+    # two probes of room
     assert moved >= 9
     assert rank1_target >= 8  # and impersonation: a target identity is the rank-1 answer
 
