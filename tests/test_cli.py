@@ -166,6 +166,8 @@ def test_bench_prints_json_and_a_table(tmp_path):
 
     assert runtime["target"] == rows["reference-batched"]["target"] == rows["reference-paper"]["target"]
     assert 0 <= runtime["max_diff_vs_reference"] <= 2 * runtime["steps"] * TIPIMConfig().alpha + 1
+    # and as in tests/test_runtime.py (planted bugs move 3-80% of the pixels; drift stays under 0.1%)
+    assert runtime["differing_pixels_vs_reference"] <= 0.005
     assert rows["reference-paper"]["speedup_vs_paper"] == 1.0
     assert "x paper" in done.stdout and "runtime/onnxruntime" in done.stdout
 
