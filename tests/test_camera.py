@@ -115,7 +115,8 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9.-]+", re.ASCII)  # every name the tool write
 # OMP_NUM_THREADS=2 EDGECLOAK_THREADS=2: 0.323 (cold, 24 steps), 0.217, 0.337, 0.270, 0.239 (warm, 16).
 # Written as JPEG quality 30, frames 1..3: 0.204, 0.176, 0.247.
 STEADY = ("--eps", "16", "--steps", "24", "--warm-steps", "16", "--retries", "2")
-STEADY_MARGIN = 0.1  # asserted floor: half the smallest measured margin
+STEADY_MARGIN = 0.05  # asserted floor: under a third of the smallest measured margin (0.176), since sign-step
+# trajectories are chaotic across CPUs (other photos moved by up to ~0.2 between seeds)
 
 
 @pytest.mark.slow
