@@ -161,6 +161,22 @@ class Shared:
         return path
 
 
+
+def _sample_region(shared, bundle_path, backend):
+    """The sample photo's face on the runtime: (image, face, protector, targets, region, region pixels)."""
+    import numpy as np
+
+    from edgecloak.runtime.face_region import FaceRegion
+    from edgecloak.runtime.protector import RuntimeProtector
+
+    image, face = shared.sample_face()
+    protector = RuntimeProtector.from_bundle(bundle_path, backend)
+    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
+    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
+    x0, y0, x1, y1 = region.box
+    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    return image, face, protector, targets, region, pixels
+
 def _loop_pair(shared, bundle_path, config, backend):
     """The runtime loop and the torch reference on the sample face (as tests/test_runtime.py does),
     plus the final per-target gains of each result (how decided the target choice is)."""
@@ -169,17 +185,10 @@ def _loop_pair(shared, bundle_path, config, backend):
 
     from edgecloak.export.reference.tipim import TIPIM
     from edgecloak.export.reference.view import FaceView
-    from edgecloak.runtime.face_region import FaceRegion
-    from edgecloak.runtime.protector import RuntimeProtector
     from edgecloak.runtime.targets import TargetBank
     from edgecloak.runtime.tipim import RuntimeTIPIM, face_sampler
 
-    image, face = shared.sample_face()
-    protector = RuntimeProtector.from_bundle(bundle_path, backend)
-    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
-    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
-    x0, y0, x1, y1 = region.box
-    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    image, face, protector, targets, region, pixels = _sample_region(shared, bundle_path, backend)
     loop = RuntimeTIPIM(protector.engines, config)
     t0 = time.perf_counter()
     got = loop.run(pixels, region, targets)
@@ -289,16 +298,9 @@ def group_perturb(shared, workdir, arrays, seeds, noise_runs=12, levels=(1e-6, 1
     import numpy as np
 
     from edgecloak.runtime.config import TIPIMConfig
-    from edgecloak.runtime.face_region import FaceRegion
-    from edgecloak.runtime.protector import RuntimeProtector
     from edgecloak.runtime.tipim import RuntimeTIPIM
 
-    image, face = shared.sample_face()
-    protector = RuntimeProtector.from_bundle(shared.mobileface_bundle(workdir), "onnxruntime")
-    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
-    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
-    x0, y0, x1, y1 = region.box
-    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    image, face, protector, targets, region, pixels = _sample_region(shared, shared.mobileface_bundle(workdir), "onnxruntime")
     settings_all = {**PARITY, "early-stop": {"steps": 40, "stop_margin": 0.1},
                     "early-stop-0.075": {"steps": 40, "stop_margin": 0.075}}
     out = {}
@@ -774,17 +776,10 @@ def group_mutants(shared, workdir, arrays, seeds):
     from edgecloak.export.reference.tipim import TIPIM
     from edgecloak.export.reference.view import FaceView
     from edgecloak.runtime.config import TIPIMConfig
-    from edgecloak.runtime.face_region import FaceRegion
-    from edgecloak.runtime.protector import RuntimeProtector
     from edgecloak.runtime.targets import TargetBank
     from edgecloak.runtime.tipim import RuntimeTIPIM
 
-    image, face = shared.sample_face()
-    protector = RuntimeProtector.from_bundle(shared.mobileface_bundle(workdir), "onnxruntime")
-    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
-    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
-    x0, y0, x1, y1 = region.box
-    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    image, face, protector, targets, region, pixels = _sample_region(shared, shared.mobileface_bundle(workdir), "onnxruntime")
     view = FaceView.around(face.landmarks, image.shape[:2], protector.geometries)
     torch_targets = TargetBank(targets.identities, {k: torch.from_numpy(v) for k, v in targets.embeddings.items()})
     limit = np.floor(12.0 * region.edge_weight_map())
@@ -821,24 +816,15 @@ def group_mutants(shared, workdir, arrays, seeds):
 def group_stop_trace(shared, workdir, arrays, seeds):
     """tests/test_runtime.py early stop: how decided the stop step is. Per step, the runtime's stop
     test value (min over surrogates of cos(target) - cos(original), chosen candidate) vs the 0.1 margin."""
-    import numpy as np
 
     from edgecloak.runtime.config import TIPIMConfig
-    from edgecloak.runtime.face_region import FaceRegion
-    from edgecloak.runtime.protector import RuntimeProtector
     from edgecloak.runtime.tipim import RuntimeTIPIM
 
-    image, face = shared.sample_face()
-    protector = RuntimeProtector.from_bundle(shared.mobileface_bundle(workdir), "onnxruntime")
-    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
-    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
-    x0, y0, x1, y1 = region.box
-    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    image, face, protector, targets, region, pixels = _sample_region(shared, shared.mobileface_bundle(workdir), "onnxruntime")
     out = {}
     for seed in seeds:
         loop = RuntimeTIPIM(protector.engines, TIPIMConfig(steps=16, stop_margin=-10.0, seed=seed))
         values = []
-        real_fooled = loop.fooled
 
         def fooled(emb, row, real, bank, margin, _values=values, _loop=loop):
             t = int(_loop.gain({k: v[row:row + 1] for k, v in emb.items()}, real, bank)[0].argmax())

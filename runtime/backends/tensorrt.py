@@ -41,7 +41,6 @@ import contextlib
 import ctypes
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
