@@ -66,8 +66,7 @@ class Uploader:
         self.upload_unprotected = upload_unprotected
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=max_queue)
         self.stats = {"uploaded": 0, "failed": 0, "deferred": 0, "rejected": 0, "held": 0}
-        self._rejected: set[str] = set()  # names reported in this run (each once)
-        self._held: set[str] = set()
+        self._reported: dict[str, set[str]] = {"rejected": set(), "held": set()}  # names, each reported once a run
         self._known: set[Path] = set()  # queued or uploading
         self._failed: set[Path] = set()  # not retried in this run
         self._backlog = threading.Event()
@@ -122,21 +121,22 @@ class Uploader:
         return scan
 
     def _hold(self, path: Path) -> None:
-        with self._lock:
-            if path.name in self._held:
-                return
-            self._held.add(path.name)
-            self.stats["held"] += 1
-        self.log(f"holding {path.name!r}: {UNPROTECTED}; not uploaded without --upload-unprotected")
+        self._report_once("held", path, f"holding {path.name!r}: {UNPROTECTED}; not uploaded without "
+                                        "--upload-unprotected")
 
     def _reject(self, path: Path, reason: str) -> None:
-        with self._lock:
-            if path.name in self._rejected:
-                return
-            self._rejected.add(path.name)
-            self.stats["rejected"] += 1
         # repr: a name with a newline or control characters stays on one line
-        self.log(f"not uploading {path.name!r}: {reason}; remove it or look at how it got into the outbox")
+        self._report_once("rejected", path, f"not uploading {path.name!r}: {reason}; remove it or look at how it "
+                                            "got into the outbox")
+
+    def _report_once(self, kind: str, path: Path, message: str) -> None:
+        """Count and log a frame that is not uploaded (``held`` or ``rejected``), once per run."""
+        with self._lock:
+            if path.name in self._reported[kind]:
+                return
+            self._reported[kind].add(path.name)
+            self.stats[kind] += 1
+        self.log(message)
 
     def _work(self) -> None:
         while not self._stop.is_set():
