@@ -373,6 +373,8 @@ class Cloaker:
                     plan.action = "kept"
             if any(p.action == "obscured" for p in plans):  # the mosaic changed pixels: judge the photo again
                 written = self._recheck_after_obscuring(image, current, plans, output)
+            if written is None and output is not None:  # lossless: the checked pixels are ``current``; encode once
+                written = output.encode(current), current
             pixels = current if written is None else written[1]
             return Result(image=pixels, faces=[p.report(policy) for p in plans],
                           max_abs_change=_max_change(image, pixels, plans), delta=delta,
@@ -380,17 +382,18 @@ class Cloaker:
                           output=output)
 
     @staticmethod
-    def _encode(current: np.ndarray, output: OutputFormat | None) -> tuple[bytes, np.ndarray] | None:
-        """(file bytes, the pixels they decode to), or None without an output format."""
-        if output is None:
+    def _encode_lossy(current: np.ndarray, output: OutputFormat | None) -> tuple[bytes, np.ndarray] | None:
+        """(file bytes, the pixels they decode to) for a lossy format; None otherwise (what is written
+        decodes to ``current`` itself, so there is nothing to encode until the end)."""
+        if output is None or not output.lossy:
             return None
         encoded = output.encode(current)
-        return encoded, (load_image(encoded) if output.lossy else current.copy())
+        return encoded, load_image(encoded)
 
     def _encode_and_check(self, image: np.ndarray, current: np.ndarray, plans: list["_FacePlan"],
                           output: OutputFormat | None) -> tuple[bytes, np.ndarray] | None:
-        """Encode ``current`` (with an output format), and self-check the pixels that will be written."""
-        written = self._encode(current, output)
+        """Self-check the pixels that will be written (a lossy format's decoded bytes, else ``current``)."""
+        written = self._encode_lossy(current, output)
         self._self_check(image, current if written is None else written[1], plans)
         return written
 
@@ -404,7 +407,7 @@ class Cloaker:
         at least one face, so this ends).
         """
         while True:
-            written = self._encode(current, output)
+            written = self._encode_lossy(current, output)
             cloaked = [p for p in plans if p.action == "cloaked" and p.t_index is not None]
             if not cloaked:
                 return written
