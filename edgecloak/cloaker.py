@@ -4,8 +4,8 @@ How a photo travels: safe decode (EXIF orientation applied, metadata dropped) ->
 5 landmarks -> for each face, TIP-IM optimises the photo pixels of the face region as seen through
 each surrogate's alignment -> uint8 result within +-eps of the original on every pixel -> self-check
 (fail closed) -> atomic write of a metadata-free file. The surrogates run in the torch-free runtime
-on a cloak bundle (``edgecloak.runtime.protector``), or in the torch reference
-(``edgecloak.export.reference.protector``, ``backend="reference"``): same interface, same results.
+on a cloak bundle (``edgecloak.runtime.protector``), on any backend (ONNX Runtime, TensorRT, or
+torch as one more engine). What it runs with is a ``Recipe`` (``edgecloak.recipe.resolve``).
 
 Example:
     >>> from edgecloak.cloaker import Cloaker
@@ -17,8 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -29,51 +27,14 @@ import cv2
 import numpy as np
 
 from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
-from edgecloak.runtime.face_region import box_iou, grown_box
+from edgecloak.policy import ON_FAIL_POLICIES, SafetyPolicy  # noqa: F401  (part of the SDK's surface)
+from edgecloak.recipe import Recipe, bundle_for, resolve
 from edgecloak.runtime.atomic import write_bytes_atomic
+from edgecloak.runtime.detect.mtcnn import DetectedFace
+from edgecloak.runtime.face_region import FaceRegion, box_iou, grown_box
 from edgecloak.runtime.image_io import OutputFormat, load_image
+from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.targets import TargetBank
-
-
-ON_FAIL_POLICIES = ("drop", "blur-face", "keep")
-
-
-@dataclass(frozen=True)
-class SafetyPolicy:
-    """When a face counts as protected, and what happens to a photo when one is not (fails closed).
-
-    The self-check re-detects every face in the protected photo and embeds it with the surrogates.
-    A face passes when its ``margin``, the surrogate mean of ``cos(protected, target) -
-    cos(protected, original)``, exceeds ``min_margin``: a recognizer shown the user's clean photo
-    and the target would pick the target. The protected face is found again by the detector, as a
-    recognizer downstream would (a mask that shifts the detector's landmarks counts against it). A
-    failing face is run again ``retries`` times, each time with twice the previous steps (at least
-    the configured steps), starting from where it stands (the eps budget is never
-    raised: it is the user's visual promise). Faces whose shorter side is under ``min_face`` px are
-    not cloaked (too few pixels to carry a mask) and count as failed.
-
-    ``on_fail``: ``drop`` (default) raises ``ProtectionFailedError`` and nothing is emitted;
-    ``blur-face`` hides each failing face under a coarse mosaic and blur; ``keep`` emits the photo
-    with the face reported as unprotected. The check uses the surrogates, so it is white-box:
-    unseen recognizers are fooled less often (see README, measured protection).
-
-    Example:
-        >>> SafetyPolicy(on_fail="blur-face").on_fail
-        'blur-face'
-    """
-
-    min_margin: float = 0.0
-    retries: int = 1
-    min_face: int = 32
-    on_fail: str = "drop"
-
-    def __post_init__(self) -> None:
-        if self.on_fail not in ON_FAIL_POLICIES:
-            raise UsageError(f"unknown --on-fail {self.on_fail!r}; choose one of {', '.join(ON_FAIL_POLICIES)}")
-        if self.retries < 0 or self.min_face < 0:
-            raise UsageError("retries and min_face must be >= 0")
-        if not math.isfinite(self.min_margin):  # nan would fail every face without saying why
-            raise UsageError(f"--min-margin must be a finite number, got {self.min_margin}")
 
 
 @dataclass
@@ -163,7 +124,8 @@ def obscure(image: np.ndarray, box) -> None:
 class _FacePlan:
     """One face's way through ``Cloaker.protect`` (detection -> cloak -> self-check -> retries)."""
 
-    face: object  # DetectedFace
+    face: DetectedFace
+    region: FaceRegion | None = None  # the face's geometry, built once and used by every pass
     user: dict | None = None
     targets: TargetBank | None = None
     t_index: int | None = None
@@ -205,15 +167,17 @@ class _FacePlan:
 
 
 class Cloaker:
-    """Protects photos; drives a face protector (runtime on a bundle, or the torch reference).
+    """Protects photos: drives the runtime's face protector on a bundle, per a ``Recipe``.
 
     Not re-entrant: one ``protect`` runs at a time per instance (an internal lock serialises calls
     from several threads); make one Cloaker per worker to run in parallel.
     """
 
-    def __init__(self, protector, targets=None, policy: SafetyPolicy | None = None):
+    def __init__(self, protector: RuntimeProtector, targets: TargetBank | None = None,
+                 policy: SafetyPolicy | None = None, recipe: Recipe | None = None):
         self.protector = protector
-        self.policy = policy or SafetyPolicy()
+        self.recipe = recipe
+        self.policy = policy or (recipe.policy if recipe is not None else SafetyPolicy())
         self.detector = protector.detector
         self.targets = targets if targets is not None else protector.targets
         self.config = protector.config
@@ -236,78 +200,53 @@ class Cloaker:
         policy: SafetyPolicy | None = None,
         **settings,
     ) -> "Cloaker":
-        """A cloaker on the torch-free runtime (``bundle``) or on the torch reference.
+        """A cloaker for a preset (default ``balanced``) or a ``bundle`` folder, with overrides.
 
-        ``bundle``: a folder written by ``edgecloak export``, or a preset's name. Without one, ``preset`` (default
-        ``balanced``; ``fast`` / ``balanced`` / ``max`` measured, ``paper`` / ``edge`` fixed, see
-        ``edgecloak.calibration.presets``) names the surrogates, settings and self-check retries;
-        ``backend="reference"`` then runs the torch reference on the zoo, and any other backend the
-        runtime on the preset's bundle (exported into the cache on first use with the export
-        extra; without it, a device runs the cached bundle as it is, or gets one ``ModelError``
-        line saying how to get one). ``surrogates`` replaces the preset's; ``num_targets`` keeps the first K target
-        identities; ``target_photos`` replaces them. ``policy`` is the self-check and what to do
-        when it fails (default: drop the photo, after the preset's retries, or the retries a
-        ``bundle`` records for its preset). ``settings`` are ``TIPIMConfig`` fields (eps,
-        steps, alpha, mu, norm, gamma, seed, ...) overriding the bundle's or preset's.
+        The recipe comes from ``edgecloak.recipe.resolve(preset, bundle, surrogates=...,
+        settings=settings, policy=policy)``: ``fast`` / ``balanced`` / ``max`` are measured, ``paper``
+        / ``edge`` fixed (``edgecloak.presets``); ``surrogates`` replaces a preset's; ``settings``
+        are ``TIPIMConfig`` fields (eps, steps, alpha, mu, norm, gamma, seed, ...) overriding the
+        preset's or bundle's; ``policy`` is the self-check and what to do when it fails (default:
+        drop the photo, after the preset's retries or those the bundle was exported with).
+        ``target_photos`` replaces the target identities; ``num_targets`` chases only the first K
+        of them. ``backend``: ``auto``, ``onnxruntime``, ``tensorrt`` or ``torch`` (see
+        ``from_recipe`` for where a preset's bundle comes from).
 
         Example:
             >>> cloaker = Cloaker.load(preset="edge")           # doctest: +SKIP
             >>> cloaker.backend                                  # doctest: +SKIP
             'onnxruntime 1.23.2 [CPUExecutionProvider] (auto; skipped tensorrt: ...)'
         """
+        recipe = resolve(preset, bundle, surrogates=surrogates, settings=settings, policy=policy)
+        return cls.from_recipe(recipe, backend, target_photos=target_photos, num_targets=num_targets)
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Recipe,
+        backend: str = "auto",
+        target_photos: Sequence[str | os.PathLike[str]] = (),
+        num_targets: int | None = None,
+    ) -> "Cloaker":
+        """A cloaker that runs ``recipe`` on ``backend``.
+
+        A recipe without a bundle runs the cached bundle for it: a workstation (the export extra
+        installed) exports it into the cache on first use, with torch programs for
+        ``backend="torch"``; a device runs the cached bundle as it is, or gets one ``ModelError``
+        line saying how to get one (no export code is even imported there).
+
+        Example:
+            >>> Cloaker.from_recipe(resolve("fast"), "onnxruntime").config.steps   # doctest: +SKIP
+            8
+        """
         if num_targets is not None and num_targets < 1:
             raise UsageError(f"the number of targets must be >= 1, got {num_targets}")
-        from edgecloak.runtime.config import TIPIMConfig
-
-        try:  # a bad setting is the caller's input: one clear line, not a traceback from deep inside
-            TIPIMConfig(**settings)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
-        from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
-        from edgecloak.calibration.presets import preset as named_preset
-
-        preset = preset or DEFAULT_PRESET
-        if isinstance(bundle, str) and bundle in PRESETS and not Path(bundle).exists():
-            bundle, preset = None, bundle  # Cloaker.load("edge"): a preset name where a bundle may go
-
-        recipe = named_preset(preset)
-        if bundle is None:
-            surrogates = list(surrogates) if surrogates else list(recipe.surrogates)
-            settings = {**recipe.settings, **settings}
-            if policy is None:
-                policy = SafetyPolicy(retries=recipe.retries)
-        if backend == "reference":
-            if bundle is not None:
-                raise UsageError("the reference backend runs the zoo models, not a bundle; drop --bundle")
-            from edgecloak.export.reference.protector import ReferenceProtector
-            from edgecloak.runtime.config import TIPIMConfig
-
-            protector = ReferenceProtector.load(surrogates, target_photos, num_targets, TIPIMConfig(**settings))
-            return cls(protector, policy=policy)
-        from edgecloak.runtime.bundle import Bundle
-        from edgecloak.runtime.protector import RuntimeProtector
-
-        if bundle is None:
-            if _export_extra_installed():  # a workstation: the cached bundle, (re-)exported when missing or stale
-                from edgecloak.export.bundle import load_default_bundle
-
-                bundle = load_default_bundle(surrogates, recipe.num_targets, preset=preset)
-            else:  # a device: the cached bundle as it is, if it verifies (no export code is even imported)
-                from edgecloak.runtime.bundle_cache import load_cached_bundle
-
-                bundle = load_cached_bundle(surrogates, recipe.num_targets, preset,
-                                            custom_surrogates=list(surrogates) != list(recipe.surrogates))
-        elif surrogates:
-            raise UsageError("--surrogates is fixed by the bundle; export another bundle to change it")
-        else:
-            bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-            if policy is None and bundle.recipe is not None:  # the self-check budget the bundle was made with
-                policy = SafetyPolicy(retries=bundle.recipe.retries)
-        protector = RuntimeProtector.from_bundle(bundle, backend, **settings)
+        bundle = bundle_for(recipe, with_torch=backend == "torch")
+        protector = RuntimeProtector.from_bundle(bundle, backend, recipe.config)
         targets = protector.targets_from_photos(target_photos) if target_photos else protector.targets
         if num_targets is not None:
             targets = targets.select(range(min(num_targets, targets.size)))
-        return cls(protector, targets, policy)
+        return cls(protector, targets, recipe.policy, recipe)
 
     def protect(
         self,
@@ -425,7 +364,8 @@ class Cloaker:
         if side < self.policy.min_face:
             plan.reason = f"face too small to cloak ({side:.1f} px < --min-face {self.policy.min_face} px)"
             return
-        plan.user = self.protector.embed_face(image, plan.face.landmarks)
+        plan.region = self.protector.face_region(plan.face.landmarks, image.shape[:2])
+        plan.user = self.protector.embed_face(image, plan.region)
         targets = bank.excluding_lookalikes(plan.user)
         if targets.size == 0:
             plan.reason = "every target identity looks like this face; pass other --target photos"
@@ -439,13 +379,10 @@ class Cloaker:
 
     def _run(self, plan: "_FacePlan", image, current, targets: TargetBank, steps: int, on_step) -> None:
         """One TIP-IM pass on a face, from where ``current`` stands; writes its region into ``current``."""
-        (x0, y0, x1, y1), region, t_index = self.protector.protect_face(
-            image, current, plan.face.landmarks, targets, on_step=on_step, steps=steps)
-        current[y0:y1, x0:x1] = region
-        plan.targets, plan.t_index = targets, t_index
-        # the steps actually run (an early stop, TIPIMConfig.stop_margin, may end a pass sooner)
-        ran = len(self.protector.last_result.gains) if self.protector.last_result is not None else steps
-        plan.steps += ran
+        done = self.protector.protect_face(image, current, plan.region, targets, on_step=on_step, steps=steps)
+        done.paste_into(current)
+        plan.targets, plan.t_index = targets, done.target_index
+        plan.steps += done.steps  # the steps actually run (an early stop may end a pass sooner)
         plan.last_steps = steps
 
     def _warm_region(self, current: np.ndarray, image: np.ndarray, face, warm: WarmStart) -> str | None:
@@ -533,11 +470,3 @@ def _max_change(image: np.ndarray, written: np.ndarray, plans: list["_FacePlan"]
             x0, y0, x1, y1 = grown_box(plan.face.box, image.shape, margin=0.2)
             diff[y0:y1, x0:x1] = 0
     return int(diff.max())
-
-
-def _export_extra_installed() -> bool:
-    """Can this machine export bundles (torch and onnx importable)? Asked without importing them."""
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx"))
-    except (ImportError, ValueError):  # a broken install, or an import hook that refuses them
-        return False

@@ -6,7 +6,7 @@ Workstation side of the export -> bundle -> runtime flow (the runtime side is
 so re-exporting a bundle (or the test suite doing it) costs seconds, not minutes.
 
 The manifest is built and written through ``edgecloak.runtime.bundle.BundleManifest`` (the one
-writer; the runtime reads it back with the same class). ``default_bundle(preset="fast")`` keeps
+writer; the runtime reads it back with the same class). ``default_bundle(..., recipe=...)`` keeps
 one bundle per preset in the cache, exported with the preset's own settings and recording the
 preset's name and self-check retries (``recipe``), so it runs the same with or without
 ``--bundle``.
@@ -14,8 +14,8 @@ preset's name and self-check retries (``recipe``), so it runs the same with or w
 Example:
     >>> from edgecloak.export.bundle import export_bundle
     >>> export_bundle("bundles/edge", surrogates=["mobileface"], preset=TIPIMConfig(steps=20))  # doctest: +SKIP
-    >>> default_bundle(preset="fast").name                                                      # doctest: +SKIP
-    'fast-mobileface-k10'
+    >>> default_bundle(["mobileface"], 10).name                                                 # doctest: +SKIP
+    'mobileface-k10'
 """
 
 from __future__ import annotations
@@ -239,44 +239,38 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,
-                   with_torch: bool = False, preset: str | None = None) -> Path:
-    """The cached bundle for these surrogates (or ``preset``'s), exported on first use; its folder.
-
-    See ``load_default_bundle``.
+                   with_torch: bool = False, config: TIPIMConfig | None = None,
+                   recipe: RecipeEntry | None = None) -> Path:
+    """The cached bundle's folder, exported on first use; see ``load_default_bundle``.
 
     Example:
         >>> default_bundle(["mobileface"], 10).name      # doctest: +SKIP
         'mobileface-k10'
     """
-    return load_default_bundle(surrogates, num_targets, with_torch, preset).root
+    return load_default_bundle(surrogates, num_targets, with_torch, config, recipe).root
 
 
 def load_default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,
-                        with_torch: bool = False, preset: str | None = None) -> Bundle:
+                        with_torch: bool = False, config: TIPIMConfig | None = None,
+                        recipe: RecipeEntry | None = None) -> Bundle:
     """The cached bundle, loaded and verified; exported into the cache when missing or stale.
 
-    With ``preset`` (a name, see ``edgecloak.calibration.presets``) the bundle holds that preset's
-    TIP-IM settings and records its name and self-check retries; ``surrogates`` and
-    ``num_targets`` default to the preset's. Without one, the default TIP-IM settings and K 10.
-    Lives in ``$EDGECLOAK_HOME/bundles`` (``runtime.bundle_cache.cached_bundle_path``); exported
-    again when it no longer verifies or is not current (``is_current``). Used when the SDK or CLI
-    is given no ``--bundle``.
+    ``config`` is the TIP-IM settings the bundle stores (default ``TIPIMConfig()``); ``recipe`` the
+    preset it is made for (name and self-check retries), which also names its cache folder.
+    Presets are resolved by the caller (``edgecloak.recipe.bundle_for`` does it for a recipe).
+    Defaults: the default surrogates, K 10. Lives in ``$EDGECLOAK_HOME/bundles``
+    (``runtime.bundle_cache.cached_bundle_path``); exported again when it no longer verifies or is
+    not current (``is_current``).
 
     Example:
-        >>> load_default_bundle(preset="fast").recipe      # doctest: +SKIP
-        RecipeEntry(name='fast', retries=1)
+        >>> load_default_bundle(["mobileface"], 10, config=TIPIMConfig(steps=8),
+        ...                     recipe=RecipeEntry("fast", 1)).root.name          # doctest: +SKIP
+        'fast-mobileface-k10'
     """
-    config, recipe = TIPIMConfig(), None
-    k, ids = 10, default_surrogates()
-    if preset is not None:
-        from edgecloak.calibration.presets import preset as named_preset
-
-        chosen = named_preset(preset)
-        config, recipe = TIPIMConfig(**chosen.settings), RecipeEntry(preset, chosen.retries)
-        k, ids = chosen.num_targets, list(chosen.surrogates)
-    ids = list(surrogates) if surrogates else ids
-    k = num_targets or k
-    path = cached_bundle_path(ids, k, preset, with_torch)
+    config = config or TIPIMConfig()
+    ids = list(surrogates) if surrogates else default_surrogates()
+    k = num_targets or 10
+    path = cached_bundle_path(ids, k, None if recipe is None else recipe.name, with_torch)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may ask for the same bundle at once

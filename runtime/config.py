@@ -1,8 +1,9 @@
-"""TIP-IM settings, shared by the torch reference and the torch-free runtime loop.
+"""TIP-IM settings: the one place a loop setting is defined.
 
-One dataclass, two engines: ``edgecloak.export.reference.tipim.TIPIM`` and
-``edgecloak.runtime.tipim.RuntimeTIPIM`` read the same fields, so a preset means the same thing on
-a workstation and on a device. Pure Python (no numpy needed) so it is cheap to import anywhere.
+``edgecloak.runtime.tipim.RuntimeTIPIM`` (the loop, on any engine) reads these fields, so a preset
+means the same thing on a workstation and on a device; presets and bundles store them as JSON
+(``to_dict`` / ``from_dict``), and the CLI builds its flags from the fields' metadata. Pure Python
+(no numpy needed) so it is cheap to import anywhere.
 
 Example:
     >>> cfg = TIPIMConfig(steps=20)
@@ -15,6 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+
+
+def _flag(help: str, switch_off: bool = False) -> dict[str, Any]:
+    """Field metadata: the field is a command-line flag with this help (``edgecloak.cli.settings``
+    builds the flags from it, so a new setting is written here and nowhere else). ``switch_off``:
+    the flag is ``--no-<name>`` and sets the field to None."""
+    return {"cli_help": help, "cli_switch_off": switch_off}
 
 
 @dataclass(frozen=True)
@@ -35,16 +43,17 @@ class AttackConfig:
     (The public code instead uses N 100 and alpha 1.5*eps/N; set them here to reproduce it.)
     """
 
-    eps: float = 12.0
-    steps: int = 50
-    alpha: float = 1.5
-    mu: float = 1.0
-    norm: Literal["linf", "l2"] = "linf"
+    eps: float = field(default=12.0, metadata=_flag("L_inf budget on 0..255 (paper: 12)"))
+    steps: int = field(default=50, metadata=_flag("iterations N (paper: 50)"))
+    alpha: float = field(default=1.5, metadata=_flag("step size (paper: 1.5)"))
+    mu: float = field(default=1.0, metadata=_flag("momentum decay (paper: 1.0)"))
+    norm: Literal["linf", "l2"] = field(default="linf", metadata=_flag("step rule (default linf)"))
     # Optional extra L2 radius (0..255 units over the whole region) for the L2 variant; the L_inf
     # ball always applies, so the pixel-wise guarantee of the product holds in both variants.
     eps_l2: float | None = None
-    diversity: Jitter | None = field(default_factory=Jitter)
-    seed: int = 0
+    diversity: Jitter | None = field(default_factory=Jitter, metadata=_flag(
+        "turn off input diversity (alignment jitter)", switch_off=True))
+    seed: int = field(default=0, metadata=_flag("random seed of the input diversity (default 0)"))
 
     def __post_init__(self) -> None:
         for f in fields(self):  # nan passes every comparison below, and inf makes no sense anywhere
@@ -82,7 +91,7 @@ class TIPIMConfig(AttackConfig):
     hurts protection); ``mmd_batch`` is the batch of paired augmented copies it is measured on.
     """
 
-    gamma: float = 0.0
+    gamma: float = field(default=0.0, metadata=_flag("MMD naturalness weight (public code: 0)"))
     mmd_batch: int = 8
     # Return the iterate with the best gain rather than the last one: with sign steps of 1.5
     # inside an eps of 12 the iterate saturates after ~8 steps and then wanders along the
@@ -94,14 +103,17 @@ class TIPIMConfig(AttackConfig):
     # margin 0.1 ran 10 steps instead of 32, but the SDK's self-check, which re-detects the face
     # (the mask shifts MTCNN's landmarks), then passed 2 frames of 10 instead of 10 of 10; 0.2
     # passed none. A stop judged at the loop's own alignment is too optimistic; off by default.
-    stop_margin: float | None = None
+    stop_margin: float | None = field(default=None, metadata=_flag(
+        "stop early once every surrogate is fooled by this cosine margin (default: all steps)"))
     # Cheaper greedy insertion: score all K candidates only every ``rescore_every`` steps (1: every
     # step, the paper) and, with ``settle_after``, never again once the same target has won that
     # many re-scorings in a row. Between re-scorings the loop steps towards the target it holds:
     # one gradient pulled back and one candidate embedded instead of K (the gradient graph itself
     # still takes K cotangents). Measured in ``edgecloak calibrate presets``.
-    rescore_every: int = 1
-    settle_after: int | None = None
+    rescore_every: int = field(default=1, metadata=_flag(
+        "score all K target candidates only every R steps (default 1: every step)"))
+    settle_after: int | None = field(default=None, metadata=_flag(
+        "stop re-scoring once one target won this many re-scorings in a row (default: never)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -473,10 +473,10 @@ def test_an_output_whose_manifest_line_was_lost_is_still_batchs_own(library, tmp
 def test_a_worker_that_cannot_start_stops_the_run_with_one_line(library, tmp_path, capsys):
     """A bundle damaged on disk: its manifest reads fine in the driver, but each worker verifies the
     files' hashes on load and fails. The pool reports it once instead of restarting workers forever."""
-    from edgecloak.export.bundle import default_bundle
+    from edgecloak.recipe import bundle_for, resolve
 
     bundle = tmp_path / "damaged"
-    shutil.copytree(default_bundle(preset="edge"), bundle)
+    shutil.copytree(bundle_for(resolve("edge")).root, bundle)
     with open(bundle / "targets.npz", "ab") as fh:  # one byte more: the recorded sha256 no longer matches
         fh.write(b"\0")
     code = main(["batch", str(library), str(tmp_path / "out"), "--bundle", str(bundle), "--workers", "2"])

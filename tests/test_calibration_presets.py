@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -13,7 +14,7 @@ from edgecloak.calibration.budget import (
     pareto_front,
     sweep_points,
 )
-from edgecloak.calibration.presets import CHOSEN, DEFAULT_PRESET, SHIPPED, PRESETS, preset, read_presets
+from edgecloak.presets import CHOSEN, DEFAULT_PRESET, SHIPPED, load_presets, preset, read_presets
 
 OK = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0}
 
@@ -64,58 +65,78 @@ def test_shipped_presets_carry_their_measured_figures_and_balanced_is_the_defaul
 
 
 def test_an_installed_calibration_overrides_the_shipped_choice(tmp_path, monkeypatch):
-    import importlib
-
-    import edgecloak.calibration.presets as presets_module
+    from edgecloak import presets
     from edgecloak.calibration.budget import write_presets_file
 
+    shipped_paper = preset("paper").settings
     monkeypatch.setenv("EDGECLOAK_HOME", str(tmp_path))
     mine = preset("max").measured | {"name": "mine"}
     chosen = {"fast": mine, "balanced": mine, "max": mine}
     write_presets_file(tmp_path / "presets.json", chosen, {"machine": "test machine"})
+    presets.forget_presets()
     try:
-        reloaded = importlib.reload(presets_module)
-        assert reloaded.preset("fast").measured["name"] == "mine"
-        assert reloaded.preset("paper").settings == PRESETS["paper"].settings  # fixed recipes stay
+        assert presets.preset("fast").measured["name"] == "mine"
+        assert presets.preset("paper").settings == shipped_paper  # fixed recipes stay
     finally:
         monkeypatch.delenv("EDGECLOAK_HOME")
-        importlib.reload(presets_module)
+        presets.forget_presets()
+
+
+def test_presets_are_read_when_asked_for_not_at_import(tmp_path):
+    """Starting the CLI reads no presets file (a damaged local one warns only when a preset is used)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "presets.json").write_text("{not json")
+    code = ("import warnings, edgecloak.presets as p, edgecloak.cli.main\n"
+            "assert p._presets_from.cache_info().currsize == 0, 'read at import'\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); p.preset('fast')\n"
+            "print(len(w), 'ignoring this machine' in str(w[0].message))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "EDGECLOAK_HOME": str(tmp_path)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True"]
 
 
 def test_a_preset_gives_its_retries_to_the_policy(monkeypatch, tmp_path):
     import argparse
+    import shutil
     from dataclasses import replace
 
-    import edgecloak.calibration.presets as presets_module
-    from edgecloak.cli.settings import add_policy_arguments, policy_from
+    from edgecloak import presets
+    from edgecloak.cli.settings import add_policy_arguments, add_recipe_arguments, add_settings_arguments, recipe_from
     from edgecloak.errors import ModelError
-    from edgecloak.export.bundle import default_bundle
+    from edgecloak.recipe import bundle_for, resolve
 
-    # a progressive preset (more retries than the default 1) must reach the policy (the module's own
-    # dict: another test reloads the module)
-    live = presets_module.PRESETS
-    monkeypatch.setitem(live, "fast", replace(live["fast"], retries=3))
+    # a progressive preset (more retries than the default 1) must reach the policy
+    live = load_presets()
+    live["fast"] = replace(live["fast"], retries=3)
+    monkeypatch.setattr(presets, "load_presets", lambda: dict(live))
 
     parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    add_settings_arguments(parser)
     add_policy_arguments(parser)
-    parser.add_argument("--preset", default=DEFAULT_PRESET)
-    parser.add_argument("--bundle", default=None)
     for name in live:
-        assert policy_from(parser.parse_args(["--preset", name])).retries == live[name].retries
-    assert policy_from(parser.parse_args(["--preset", "fast"])).retries == 3
-    assert policy_from(parser.parse_args(["--retries", "3"])).retries == 3
+        assert recipe_from(parser.parse_args(["--preset", name])).policy.retries == live[name].retries
+    assert recipe_from(parser.parse_args([])).preset == DEFAULT_PRESET
+    assert recipe_from(parser.parse_args(["--preset", "fast"])).policy.retries == 3
+    assert recipe_from(parser.parse_args(["--retries", "2"])).policy.retries == 2
     # a bundle brings the retries of the preset it was exported for (its manifest's recipe), 1 without one
-    manifest = json.loads((default_bundle(preset="edge") / "manifest.json").read_text())
+    edge = bundle_for(resolve("edge")).root
+    manifest = json.loads((edge / "manifest.json").read_text())
     assert manifest["recipe"]["name"] == "edge"
     for recipe, want in (({"name": "fast", "retries": 3}, 3), (None, 1)):
         bundle = tmp_path / f"bundle-{want}"
         bundle.mkdir()
+        shutil.copyfile(edge / "preset.json", bundle / "preset.json")
         (bundle / "manifest.json").write_text(json.dumps({**manifest, "recipe": recipe} if recipe else
                                                          {k: v for k, v in manifest.items() if k != "recipe"}))
-        assert policy_from(parser.parse_args(["--bundle", str(bundle)])).retries == want
-        assert policy_from(parser.parse_args(["--bundle", str(bundle), "--retries", "2"])).retries == 2
+        assert recipe_from(parser.parse_args(["--bundle", str(bundle)])).policy.retries == want
+        assert recipe_from(parser.parse_args(["--bundle", str(bundle), "--retries", "2"])).policy.retries == 2
     with pytest.raises(ModelError, match="not a cloak bundle"):
-        policy_from(parser.parse_args(["--bundle", str(tmp_path / "missing")]))
+        recipe_from(parser.parse_args(["--bundle", str(tmp_path / "missing")]))
 
 
 @pytest.mark.slow

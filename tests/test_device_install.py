@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloak.calibration.presets import preset
+from edgecloak.presets import preset
 from edgecloak.export.zoo.photos import sample_photo
 from edgecloak.runtime.bundle import Bundle
 from edgecloak.runtime.bundle_cache import cached_bundle_path

@@ -106,7 +106,7 @@ def test_one_cloaker_serves_several_threads(photo):
 
     from edgecloak.cloaker import Cloaker, SafetyPolicy
 
-    cloaker = Cloaker.load("edge", steps=2, policy=SafetyPolicy(retries=0, on_fail="keep"))  # a preset by name
+    cloaker = Cloaker.load(preset="edge", steps=2, policy=SafetyPolicy(retries=0, on_fail="keep"))
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(cloaker.protect, [photo, photo.copy()]))
     for result in results:

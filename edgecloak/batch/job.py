@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
+from tqdm import tqdm
+
 from edgecloak.errors import OutputError, UsageError
 from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.image_io import OutputFormat
@@ -77,18 +79,10 @@ def run_batch(settings: BatchSettings, progress: bool = True, log: Callable[[str
         >>> run_batch(BatchSettings(Path("photos"), Path("cloaked")), progress=False)["statuses"]  # doctest: +SKIP
         {'done': 12, 'no-face': 1}
     """
-    from tqdm import tqdm
-
-    from edgecloak.runtime.config import TIPIMConfig
-
     src, dst = Path(settings.source), Path(settings.destination)
-    spec = resolved(settings.spec)
+    spec = resolved(settings.spec)  # a bad preset or setting fails here, once, not in every worker
     if not isinstance(spec.output, OutputFormat):
         raise UsageError(f"the output format must be an OutputFormat, got {spec.output!r}")
-    try:  # bad settings fail here, once, not in every worker
-        TIPIMConfig(**spec.settings)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
     key = spec_key(spec)
     tasks = plan_tasks(src, dst, settings.suffix.lstrip("."))
     copy = _check_summary_copy(Path(settings.summary_copy), tasks, src, dst, settings.overwrite) \

@@ -17,14 +17,17 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecloak.cloaker import Cloaker
 from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, OutputError, ProtectionFailedError
-from edgecloak.runtime.image_io import OutputFormat
+from edgecloak.recipe import Recipe, resolve
+from edgecloak.runtime.atomic import write_bytes_atomic
+from edgecloak.runtime.image_io import OutputFormat, load_image
 
 from .manifest import _ends_a_line, _parse
 from .plan import Task, sha256_file
@@ -57,6 +60,11 @@ class WorkerSpec:
     surrogates: tuple[str, ...] | None = None  # the preset's, spelled out by ``resolved``
     num_targets: int | None = None
 
+    def recipe(self) -> Recipe:
+        """The recipe this spec asks for (``edgecloak.recipe.resolve``; ``UsageError`` when it is bad)."""
+        return resolve(None if self.bundle is not None else self.preset, self.bundle, surrogates=self.surrogates,
+                       num_targets=self.num_targets, settings=self.settings, policy=self.policy)
+
 
 class PhotoWorker:
     """Cloaks one photo at a time; never raises for a photo's own failure (it becomes the record)."""
@@ -64,12 +72,8 @@ class PhotoWorker:
     def __init__(self, spec: WorkerSpec):
         if spec.threads:
             os.environ["EDGECLOAK_THREADS"] = str(spec.threads)  # read when the sessions start below
-        from edgecloak.cloaker import Cloaker, SafetyPolicy
-
         self.spec = spec
-        policy = SafetyPolicy(**spec.policy) if spec.policy else None
-        self.cloaker = Cloaker.load(bundle=spec.bundle, backend=spec.backend, preset=spec.preset, policy=policy,
-                                    surrogates=spec.surrogates, num_targets=spec.num_targets, **spec.settings)
+        self.cloaker = Cloaker.from_recipe(spec.recipe(), spec.backend)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._journal: tuple[Path, int] | None = None  # (path, descriptor), opened on the first write
 
@@ -99,9 +103,6 @@ class PhotoWorker:
             >>> worker.process(Task("a.jpg", Path("src/a.jpg"), Path("dst/a.png")), Path("dst"))["status"]  # doctest: +SKIP
             'done'
         """
-        from edgecloak.runtime.atomic import write_bytes_atomic
-        from edgecloak.runtime.image_io import load_image
-
         t0 = time.perf_counter()
         output = self.spec.output
         record: dict[str, Any] = {"source": task.relative, "source_sha256": None, "output": None,
@@ -262,18 +263,14 @@ def spec_dict(spec: WorkerSpec) -> dict[str, Any]:
 
 
 def resolved(spec: WorkerSpec) -> WorkerSpec:
-    """The spec with its preset spelled out (surrogates, settings, retries), resolved once by the
-    driver: every worker, on every node, then runs the same recipe whatever presets it has installed."""
-    from dataclasses import replace
-
-    from edgecloak.calibration.presets import preset
-
+    """The spec with its preset spelled out (surrogates, K, settings, retries), resolved once by the
+    driver: every worker, on every node, then runs the same recipe whatever presets it has installed.
+    A bad preset or setting is one ``UsageError`` here, before any worker starts."""
+    recipe = spec.recipe()
     if spec.bundle is not None:
         return spec
-    recipe = preset(spec.preset)
-    policy = {"retries": recipe.retries, **spec.policy}
-    return replace(spec, surrogates=tuple(recipe.surrogates), num_targets=recipe.num_targets,
-                   settings={**recipe.settings, **spec.settings}, policy=policy)
+    return replace(spec, surrogates=recipe.surrogates, num_targets=recipe.num_targets, settings=recipe.settings,
+                   policy={"retries": recipe.policy.retries, **spec.policy})
 
 
 def spec_key(spec: WorkerSpec) -> str:
@@ -285,8 +282,6 @@ def spec_key(spec: WorkerSpec) -> str:
         >>> spec_key(WorkerSpec()) == spec_key(WorkerSpec(threads=4)) != spec_key(WorkerSpec(preset="fast"))
         True
     """
-    import json
-
     fields = {k: v for k, v in asdict(spec).items() if k not in ("threads", "output")}
     # Spelled as before outputs were self-checked on their decoded bytes: a PNG decodes to exactly the
     # checked pixels, so a library finished as PNG keeps its key and is not redone. A JPEG line made

@@ -11,10 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
-from edgecloak.runtime.backends import BACKENDS
+from dataclasses import asdict
 
-from .settings import add_fan_out_arguments, add_policy_arguments, add_settings_arguments, fan_out_from, settings_from
+from edgecloak.batch import BatchSettings, run_batch
+from edgecloak.batch.worker import WorkerSpec
+from edgecloak.errors import ProtectionFailedError
+from edgecloak.presets import DEFAULT_PRESET
+from edgecloak.runtime.backends import BACKENDS
+from edgecloak.runtime.image_io import OutputFormat
+
+from .protect import check_writable_parent
+from .settings import (add_fan_out_arguments, add_policy_arguments, add_recipe_arguments, add_settings_arguments,
+                       fan_out_from, recipe_from, settings_from)
 
 
 class BatchCommand:
@@ -31,9 +39,7 @@ class BatchCommand:
                            description=BatchCommand.__doc__)
         p.add_argument("source", type=Path, help="folder of photos (walked recursively; never modified)")
         p.add_argument("destination", type=Path, help="output folder (the tree is mirrored; manifest and summary go here)")
-        p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
-                       help=f"surrogates and loop budget (default {DEFAULT_PRESET})")
-        p.add_argument("--bundle", type=Path, default=None, help="a cloak bundle instead of the preset's")
+        add_recipe_arguments(p)
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="engine of the surrogates")
         add_fan_out_arguments(p, "cloak photos (each worker loads its own models; Ray: Data over an actor pool)")
         add_settings_arguments(p)
@@ -58,22 +64,14 @@ class BatchCommand:
             $ edgecloak batch photos/ cloaked/ --format jpg --jpeg-quality 0      # exit 2, nothing started
             edgecloak: error: --jpeg-quality must be a whole number in 1..100, got 0
         """
-        from edgecloak.batch import BatchSettings, run_batch
-        from edgecloak.batch.worker import WorkerSpec
-        from edgecloak.errors import ProtectionFailedError
-        from edgecloak.runtime.image_io import OutputFormat
-
-        from .protect import check_writable_parent
-        from .settings import policy_from
-
         output = OutputFormat.named(args.format, args.jpeg_quality)  # a bad quality fails now, not per photo
         if args.json is not None:
             check_writable_parent(args.json, "--json")
-        policy = policy_from(args)
-        spec = WorkerSpec(preset=args.preset, bundle=str(args.bundle) if args.bundle else None, backend=args.backend,
-                          settings=settings_from(args),
-                          policy={"min_margin": policy.min_margin, "retries": policy.retries,
-                                  "min_face": policy.min_face, "on_fail": policy.on_fail},
+        recipe = recipe_from(args)  # refused now, in one line, before any worker starts
+        # the request as plain data (what the manifest's key is made of); the driver resolves it again
+        # into the same recipe for every worker (``batch.worker.resolved``)
+        spec = WorkerSpec(preset=args.preset or DEFAULT_PRESET, bundle=str(args.bundle) if args.bundle else None,
+                          backend=args.backend, settings=settings_from(args), policy=asdict(recipe.policy),
                           output=output, copy_faceless=args.copy_faceless)
         fan = fan_out_from(args)
         settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"],

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from edgecloak.errors import UsageError
+from edgecloak.runtime.bundle import BundleManifest
 
-from .settings import add_settings_arguments, settings_from
+from .settings import add_recipe_arguments, add_settings_arguments, recipe_from
 
 
 class ExportCommand:
@@ -17,12 +17,9 @@ class ExportCommand:
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
-        from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
-
         p = sub.add_parser("export", help="export a cloak bundle for the runtime", description=ExportCommand.__doc__)
         p.add_argument("-o", "--outdir", type=Path, required=True, help="the bundle folder to write")
-        p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
-                       help=f"surrogates, K and loop settings to start from (default {DEFAULT_PRESET})")
+        add_recipe_arguments(p, bundle=False)
         p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: the preset's)")
         p.add_argument("-k", "--num-targets", type=int, default=None, help="K, fixed in the gradient graphs")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
@@ -35,30 +32,22 @@ class ExportCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        try:
+        recipe = recipe_from(args, policy=False, num_targets=args.num_targets,
+                             surrogates=args.surrogates.split(",") if args.surrogates else None)
+        try:  # optional: the export extra (torch, onnx)
             from edgecloak.export.bundle import export_bundle
         except ImportError as exc:
             raise UsageError(f"export needs the export extra ({exc.name} is missing): pip install -e '.[export]'") from None
-        from edgecloak.calibration.presets import preset
-        from edgecloak.runtime.bundle import BundleManifest, RecipeEntry
-        from edgecloak.runtime.config import TIPIMConfig
-
-        chosen = preset(args.preset)
-        try:  # a bad setting is the user's input: one clear line
-            config = replace(TIPIMConfig(**chosen.settings), **settings_from(args))
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
-        surrogates = args.surrogates.split(",") if args.surrogates else list(chosen.surrogates)
         out = export_bundle(
-            args.outdir, surrogates, config, num_targets=args.num_targets or chosen.num_targets,
+            args.outdir, list(recipe.surrogates), recipe.config, num_targets=recipe.num_targets,
             target_photos=args.target, opset=args.opset, with_torch=args.with_torch, force=args.force,
             progress=lambda msg: print(f"  {msg}", flush=True),
             # the bundle says which preset it was made for, and carries its self-check retries
-            recipe=RecipeEntry(args.preset, chosen.retries),
+            recipe=recipe.entry,
         )
         manifest = BundleManifest.read(out)
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        print(f"bundle {out}: preset {args.preset}, {', '.join(s.id for s in manifest.surrogates)}, "
+        print(f"bundle {out}: preset {recipe.preset}, {', '.join(s.id for s in manifest.surrogates)}, "
               f"K={manifest.num_targets}, opset {manifest.opset}, {len(manifest.files)} files, {size / 1e6:.1f} MB, "
               f"{manifest.export_seconds} s")
         for s in manifest.surrogates:

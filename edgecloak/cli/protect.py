@@ -7,12 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-from edgecloak.calibration.presets import DEFAULT_PRESET, PRESETS
+from tqdm import tqdm
+
+from edgecloak.cloaker import Cloaker
 from edgecloak.errors import EdgecloakError, OutputError, UsageError
+from edgecloak.output_paths import duplicates, plan_outputs
 from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.backends import BACKENDS
+from edgecloak.runtime.image_io import OutputFormat
 
-from .settings import add_policy_arguments, add_settings_arguments, policy_from, settings_from
+from .settings import add_policy_arguments, add_recipe_arguments, add_settings_arguments, recipe_from
 
 
 class ProtectCommand:
@@ -24,13 +28,9 @@ class ProtectCommand:
         p.add_argument("photos", nargs="*", type=Path, help="photos to protect (never modified)")
         p.add_argument("--sample", action="store_true", help="also protect a shipped real sample photo (Grace Hopper)")
         p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (created if missing)")
-        p.add_argument("--bundle", type=Path, default=None,
-                       help="a cloak bundle from `edgecloak export` (default: one for --surrogates, exported on first use)")
-        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "reference"),
-                       help="what runs the surrogates: auto picks the best available; reference = torch autograd")
-        p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
-                       help=f"without --bundle: surrogates and loop budget (default {DEFAULT_PRESET}; fast / balanced / "
-                            "max are measured, see `edgecloak calibrate presets`)")
+        add_recipe_arguments(p)
+        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                       help="what runs the surrogates: auto picks the best available; torch needs the export extra")
         p.add_argument("--surrogates", default=None, help="comma-separated recognizers (default: the preset's)")
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
                        help="a target identity photo (repeatable); default: the 10 shipped identities")
@@ -46,16 +46,11 @@ class ProtectCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
-        from edgecloak.cloaker import Cloaker
-        from edgecloak.output_paths import duplicates, plan_outputs
-        from edgecloak.runtime.image_io import OutputFormat
-
         outdir: Path = args.outdir
         output = OutputFormat.named(args.format, args.jpeg_quality)  # a bad quality fails now, not after cloaking
+        recipe = recipe_from(args, surrogates=args.surrogates.split(",") if args.surrogates else None)
         if args.sample:
-            from edgecloak.export.zoo.photos import sample_photo
+            from edgecloak.export.zoo.photos import sample_photo  # optional: the sample ships with the export extra
 
             args.photos = [*args.photos, sample_photo()]
         if not args.photos:
@@ -79,10 +74,7 @@ class ProtectCommand:
             _write_summary(args.json, summary, args.overwrite)
             return exit_code
 
-        surrogates = args.surrogates.split(",") if args.surrogates else None
-        cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, preset=args.preset, surrogates=surrogates,
-                               target_photos=args.target, num_targets=args.num_targets, policy=policy_from(args),
-                               **settings_from(args))
+        cloaker = Cloaker.from_recipe(recipe, args.backend, target_photos=args.target, num_targets=args.num_targets)
         print(f"backend: {cloaker.backend}")
         for photo in duplicates(args.photos):
             print(f"note: {photo} was given more than once; protected once")

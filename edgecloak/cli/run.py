@@ -12,11 +12,15 @@ import argparse
 import json
 from pathlib import Path
 
-from edgecloak.calibration.presets import PRESETS
+from edgecloak.camera import CameraSession, FrameSource, Outbox, RunSettings, Uploader
+from edgecloak.cloaker import Cloaker
 from edgecloak.errors import UsageError
 from edgecloak.runtime.backends import BACKENDS
 
-from .settings import add_policy_arguments, add_settings_arguments, policy_from, settings_from
+from .settings import add_policy_arguments, add_recipe_arguments, add_settings_arguments, recipe_from
+
+# a frame in about half a second on a 2-core CPU (measured; see the README's camera section)
+CAMERA_PRESET = "fast"
 
 
 class RunCommand:
@@ -51,10 +55,8 @@ class RunCommand:
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish uploads when stopping")
         p.add_argument("--upload-pending", action="store_true", help="only upload what the outbox has pending, then exit")
         p.add_argument("--preview", action="store_true", help="show the cloaked frames in a window (needs a display)")
-        p.add_argument("--bundle", type=Path, default=None, help="a cloak bundle (default: the preset's)")
-        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "reference"))
-        p.add_argument("--preset", default="fast", choices=tuple(PRESETS),
-                       help="without --bundle (default fast: a frame in about half a second on a 2-core CPU)")
+        add_recipe_arguments(p, default_preset=CAMERA_PRESET)
+        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
         p.add_argument("--format", choices=("png", "jpg"), default="png",
                        help="png is lossless; jpg frames are self-checked as the JPEG decodes")
         p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 when --format jpg")
@@ -64,8 +66,6 @@ class RunCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from edgecloak.camera import CameraSession, Outbox, RunSettings, Uploader
-
         if args.upload_pending:
             if not args.upload_cmd:
                 raise UsageError("--upload-pending needs --upload-cmd")
@@ -94,12 +94,9 @@ class RunCommand:
             upload_unprotected=args.upload_unprotected,
             queue_size=args.queue_size, drain_timeout=args.drain_timeout, preview=args.preview,
         )
-        from edgecloak.camera import FrameSource
-        from edgecloak.cloaker import Cloaker
-
+        recipe = recipe_from(args, default_preset=CAMERA_PRESET)
         FrameSource(args.camera).close()  # fail fast, before the models load
-        cloaker = Cloaker.load(bundle=args.bundle, backend=args.backend, preset=args.preset,
-                               policy=policy_from(args), **settings_from(args))
+        cloaker = Cloaker.from_recipe(recipe, args.backend)
         print(f"backend: {cloaker.backend}", flush=True)
         # logs the summary (JSON) and a final line, then raises for a lost camera (8) or all frames dropped (4)
         CameraSession(cloaker, settings, log=lambda m: print(m, flush=True)).run()

@@ -1,7 +1,8 @@
 """TIP-IM setting flags shared by the subcommands that run or export the loop.
 
-Every flag defaults to None, meaning "the bundle's preset" (or the paper's default without one),
-so only what the user typed overrides anything.
+The flags are built from ``TIPIMConfig``'s field metadata (a new setting is written there, once);
+a flag the user did not type keeps the recipe's value (the preset's or the bundle's), so only what
+the user typed overrides anything. ``recipe_from`` turns the flags into the one ``Recipe``.
 
 Example:
     >>> import argparse; p = argparse.ArgumentParser(); add_settings_arguments(p)
@@ -12,42 +13,80 @@ Example:
 from __future__ import annotations
 
 import argparse
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-_FLAGS = (
-    ("eps", float, "L_inf budget on 0..255 (paper: 12)"),
-    ("steps", int, "iterations N (paper: 50)"),
-    ("alpha", float, "step size (paper: 1.5)"),
-    ("mu", float, "momentum decay (paper: 1.0)"),
-    ("gamma", float, "MMD naturalness weight (public code: 0)"),
-    ("seed", int, "random seed of the input diversity (default 0)"),
-    ("stop_margin", float, "stop early once every surrogate is fooled by this cosine margin (default: all steps)"),
-    ("rescore_every", int, "score all K target candidates only every R steps (default 1: every step)"),
-    ("settle_after", int, "stop re-scoring once one target won this many re-scorings in a row (default: never)"),
-)
+from edgecloak.errors import UsageError
+from edgecloak.policy import ON_FAIL_POLICIES
+from edgecloak.recipe import Recipe, resolve
+from edgecloak.runtime.config import TIPIMConfig
+
+_UNSET = object()  # what a flag the user did not type holds (None is a value: --no-diversity)
+
+
+def _flag_kind(name: str) -> tuple[type, tuple[Any, ...] | None]:
+    """The argparse type of a TIPIMConfig field, and its choices when it is a Literal."""
+    hint = typing.get_type_hints(TIPIMConfig)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # X | None
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return str, typing.get_args(hint)
+    return hint, None
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --eps --steps --alpha --mu --gamma --seed --norm --no-diversity (all default: preset)."""
-    for name, kind, text in _FLAGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=text)
-    parser.add_argument("--norm", choices=("linf", "l2"), default=None, help="step rule (default linf)")
-    parser.add_argument("--no-diversity", action="store_true", help="turn off input diversity (alignment jitter)")
+    """Add one flag per TIPIMConfig field that asks for one (--eps --steps ... --no-diversity), all
+    defaulting to the recipe's value; the fields' metadata carries the help."""
+    for f in fields(TIPIMConfig):
+        text = f.metadata.get("cli_help")
+        if text is None:
+            continue
+        if f.metadata.get("cli_switch_off"):
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const", const=None,
+                                default=_UNSET, help=text)
+            continue
+        kind, choices = _flag_kind(f.name)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, choices=choices,
+                            default=_UNSET, help=text)
 
 
 def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """The TIPIMConfig fields the user set on the command line."""
-    out = {name: getattr(args, name) for name, _, _ in _FLAGS if getattr(args, name) is not None}
-    if args.norm is not None:
-        out["norm"] = args.norm
-    if args.no_diversity:
-        out["diversity"] = None
-    return out
+    return {f.name: getattr(args, f.name) for f in fields(TIPIMConfig)
+            if getattr(args, f.name, _UNSET) is not _UNSET}
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, default_preset: str | None = None,
+                         bundle: bool = True) -> None:
+    """Add --preset (and --bundle): where the recipe starts from (see ``edgecloak.recipe``)."""
+    default = default_preset or "balanced"
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help=f"surrogates, K, loop settings and retries to start from (default {default}; "
+                             "fast / balanced / max are measured, paper / edge fixed)")
+    if bundle:
+        parser.add_argument("--bundle", type=_path, default=None,
+                            help="a cloak bundle folder (edgecloak export) instead of the preset's cached one")
+
+
+def recipe_from(args: argparse.Namespace, default_preset: str | None = None, policy: bool = True,
+                **overrides: Any) -> Recipe:
+    """The one ``Recipe`` the flags ask for: --preset / --bundle, the settings flags, the policy flags."""
+    bundle = getattr(args, "bundle", None)
+    preset = args.preset if args.preset is not None or bundle is not None else default_preset
+    return resolve(preset, bundle, settings=settings_from(args),
+                   policy=_policy_flags(args) if policy else None, **overrides)
+
+
+def _path(text: str) -> Path:
+    return Path(text)
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --on-fail --min-margin --retries --min-face (the self-check, see ``SafetyPolicy``)."""
-    parser.add_argument("--on-fail", choices=("drop", "blur-face", "keep"), default="drop",
+    parser.add_argument("--on-fail", choices=ON_FAIL_POLICIES, default="drop",
                         help="a face that fails the self-check: drop the photo (default), hide the face "
                              "under a mosaic, or keep it as is")
     parser.add_argument("--min-margin", type=float, default=0.0,
@@ -58,23 +97,10 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-face", type=int, default=32, help="faces smaller than this (px) count as failed")
 
 
-def policy_from(args: argparse.Namespace):
-    """The ``SafetyPolicy`` the user asked for."""
-    from edgecloak.cloaker import SafetyPolicy
-
-    retries = args.retries
-    bundle = getattr(args, "bundle", None)
-    if retries is None and bundle is not None:  # the retries of the preset the bundle was exported for
-        from edgecloak.runtime.bundle import BundleManifest
-
-        recipe = BundleManifest.read(bundle).recipe
-        retries = recipe.retries if recipe is not None else 1
-    elif retries is None:  # the preset's own budget (a progressive preset relies on its retries)
-        from edgecloak.calibration.presets import preset
-
-        name = getattr(args, "preset", None)
-        retries = preset(name).retries if name else 1
-    return SafetyPolicy(min_margin=args.min_margin, retries=retries, min_face=args.min_face, on_fail=args.on_fail)
+def _policy_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The SafetyPolicy fields the user set (--retries unset: the preset's or the bundle's)."""
+    return {"min_margin": args.min_margin, "retries": args.retries, "min_face": args.min_face,
+            "on_fail": args.on_fail}
 
 
 def add_fan_out_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -86,8 +112,6 @@ def add_fan_out_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 
 def fan_out_from(args: argparse.Namespace) -> dict[str, Any]:
     """{workers, ray, ray_address} from the flags (``UsageError`` for fewer than 1 worker)."""
-    from edgecloak.errors import UsageError
-
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     return {"workers": args.workers, "ray": args.ray is not None, "ray_address": args.ray or None}
