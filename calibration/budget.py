@@ -1,7 +1,7 @@
 """Loop budgets by measurement: the sweep's points, what each is judged on, the
 protection-vs-latency Pareto front, the rule that picks fast / balanced / max from it, and the
 presets file it writes. Pure data and arithmetic; running the points (through the SDK, on the
-evaluation protocol) is ``edgecloak.evaluation.budget``, one floor up.
+evaluation protocol) is ``budget_sweep.py``, and the report ``budget_report.py``.
 
 Each ``BudgetPoint`` is one way of spending work on a face (surrogates, N, K, diversity, MMD,
 re-scoring, self-check retries). It is run through the SDK exactly as users get it (the runtime on
@@ -22,8 +22,15 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
+
+from edgecloak.presets import CHOSEN, SHIPPED
+from edgecloak.runtime.atomic import write_json_atomic
 
 HELD_OUT = ("faceres-deep", "facenet-keras")  # evaluators no sweep point optimises on
 ELIGIBLE = {"white_box_rank1_t": 0.9, "self_check_passed": 0.8}  # what every preset must keep
@@ -206,13 +213,6 @@ def write_presets_file(path, chosen: dict[str, dict[str, Any]], meta: dict[str, 
     A fixed recipe that one of ``rows`` measured exactly (same surrogates, settings and retries) gets
     that row as its figures.
     """
-    import json
-    from pathlib import Path
-
-    from edgecloak.runtime.atomic import write_json_atomic
-
-    from .presets import CHOSEN, SHIPPED
-
     data = json.loads(Path(base or SHIPPED).read_text())
     fixed = {k: v for k, v in data["presets"].items() if k not in CHOSEN}
     for entry in fixed.values():
@@ -223,9 +223,6 @@ def write_presets_file(path, chosen: dict[str, dict[str, Any]], meta: dict[str, 
 
 def machine_description() -> str:
     """This machine in a few words (CPU model and cores), for the figures' provenance."""
-    import os
-    import platform
-
     model = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):

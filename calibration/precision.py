@@ -24,13 +24,27 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnxruntime as ort
+
+from edgecloak.errors import ModelError, OutputError
+from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+from edgecloak.export.zoo.photos import identity_photos
+from edgecloak.export.zoo.registry import ensure_detector
+from edgecloak.runtime.align import CropGeometry, alignment_matrix, warp_face
+from edgecloak.runtime.bundle import Bundle
+from edgecloak.runtime.detect.mtcnn import MTCNNDetector
+from edgecloak.runtime.image_io import load_image
 
 PRECISIONS = ("fp16", "int8-forward", "int8")
 # mean gradient cosine and sign agreement a low-precision graph must keep (GPU fp16 autograd
@@ -71,15 +85,16 @@ def backward_nodes(model) -> list[str]:
 
 def make_variant(graph: Path, precision: str, out: Path, calibration: Sequence[Sample]) -> Path:
     """Write the ``precision`` variant of a fp32 gradient graph to ``out``."""
-    import onnx
+    import onnx  # optional: the export extra
 
     if precision == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import convert_float_to_float16  # optional: needs onnx
 
         onnx.save(convert_float_to_float16(onnx.load(str(graph)), keep_io_types=True), str(out))
         return out
     if precision not in ("int8", "int8-forward"):
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    # optional: onnxruntime's quantizer needs onnx (the export extra)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -97,8 +112,6 @@ def make_variant(graph: Path, precision: str, out: Path, calibration: Sequence[S
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3  # fp16 graphs make the CPU provider chatter about constant folding
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -131,14 +144,9 @@ def measure_fidelity(reference: Path, variant: Path, samples: Sequence[Sample]) 
 def face_samples(model_id: str, num_targets: int, per_identity: int = 6, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """(calibration, held-out) samples: real aligned crops of the 5 users, cotangents 2 w (f(x) - f(t))
     toward K other faces (w = 1/2, the two-surrogate ensemble); even photos calibrate, odd ones test."""
-    import torch
+    import torch  # optional: the export extra
 
-    from edgecloak.export.recognizers import Recognizer
-    from edgecloak.export.zoo.photos import identity_photos
-    from edgecloak.export.zoo.registry import ensure_detector
-    from edgecloak.runtime.align import CropGeometry, alignment_matrix, warp_face
-    from edgecloak.runtime.detect.mtcnn import MTCNNDetector
-    from edgecloak.runtime.image_io import load_image
+    from edgecloak.export.recognizers import Recognizer  # optional: the export extra (torch)
 
     rec = Recognizer.load(model_id)
     detector = MTCNNDetector.from_dir(ensure_detector())
@@ -163,10 +171,8 @@ def face_samples(model_id: str, num_targets: int, per_identity: int = 6, seed: i
 def precision_report(model_ids: Sequence[str], num_targets: int = 10, out_dir: Path | None = None,
                      precisions: Sequence[str] = PRECISIONS) -> dict:
     """Make every variant of every surrogate's gradient graph, measure it, and gate it."""
-    import tempfile
-
-    from edgecloak.export.bundle import cached_graph
-    from edgecloak.export.recognizers import Recognizer
+    from edgecloak.export.bundle import cached_graph  # optional: the export extra (torch, onnx)
+    from edgecloak.export.recognizers import Recognizer  # optional: the export extra (torch)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,9 +203,6 @@ def format_table(report: dict) -> str:
 def protection_of(bundles: dict[str, Path], probes_per_identity: int, out: Path) -> dict[str, dict]:
     """End-to-end protection of each bundle on the evaluation protocol, scored by the fp32 recognizers
     (its white-box surrogates, through their torch modules): ``{name: summary row}``."""
-    from edgecloak.evaluation.harness import EvalSettings, run_evaluation
-    from edgecloak.runtime.bundle import Bundle
-
     surrogates = sorted({s.id for path in bundles.values() for s in Bundle.load(path).surrogates})
     results = run_evaluation(EvalSettings(out=out, probes_per_identity=probes_per_identity, methods=(),
                                           evaluators=surrogates, transforms=("none",), sweeps=False,
@@ -221,14 +224,6 @@ def convert_bundle(source: Path, destination: Path, precision: str, allow_failed
     Example:
         >>> convert_bundle(Path("bundles/edge"), Path("bundles/edge-fp16"), "fp16")  # doctest: +SKIP
     """
-    import copy
-    import os
-    import shutil
-    from dataclasses import asdict
-
-    from edgecloak.errors import ModelError, OutputError
-    from edgecloak.runtime.bundle import Bundle
-
     say = progress or (lambda _m: None)
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -260,8 +255,6 @@ def convert_bundle(source: Path, destination: Path, precision: str, allow_failed
         manifest.hash_files(staging)
         manifest.write(staging)
         if e2e_probes > 0:
-            import tempfile
-
             say(f"end-to-end protection, fp32 vs {precision} ({e2e_probes} probe(s) per user)")
             with tempfile.TemporaryDirectory() as tmp:
                 rows = protection_of({"fp32": bundle.root, precision: staging}, e2e_probes, Path(tmp))

@@ -113,7 +113,8 @@ def resolve(
         base = _config(chosen.settings)
         written = {**chosen.settings, **(settings or {})}
         ids = tuple(surrogates) if surrogates else chosen.surrogates
-        k, entry, root = num_targets or chosen.num_targets, RecipeEntry(chosen.name, chosen.retries), None
+        k = chosen.num_targets if num_targets is None else num_targets
+        entry, root = RecipeEntry(chosen.name, chosen.retries), None
         if not ids or not all(isinstance(s, str) and s for s in ids):
             raise UsageError(f"surrogates must be recognizer names, got {list(ids)!r}")
         if k < 1:

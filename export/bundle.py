@@ -35,6 +35,7 @@ import torch
 
 import edgecloak
 from edgecloak.errors import ModelError, OutputError, UsageError
+from edgecloak.runtime.atomic import staged_file
 from edgecloak.runtime.bundle import MANIFEST, Bundle, BundleManifest, RecipeEntry, SurrogateEntry, preset_from_json
 from edgecloak.runtime.bundle_cache import cached_bundle_path
 from edgecloak.runtime.config import TIPIMConfig
@@ -45,7 +46,7 @@ from .gradgraph import (EXPORTER_VERSION, check_tensorrt_ops, export_embedding_g
                         quiet_exporter)
 from .recognizers import Recognizer
 from .reference.targets import default_target_bank, target_bank_from_photos
-from .zoo.registry import default_surrogates, ensure_detector, ensure_recognizer
+from .zoo.registry import converted_manifest, default_surrogates, ensure_detector
 
 Progress = Callable[[str], None]
 # ONNX opsets a bundle may ask for: 17 is the default (TensorRT 8.5/8.6); the torch exporter's
@@ -55,7 +56,7 @@ SUPPORTED_OPSETS = (17, 18, 19, 20)
 
 def _graph_key(model_id: str, kind: str, size: int, opset: int) -> str:
     """Cache key of an exported graph: converted weights, converter, exporter, torch, kind, size, opset."""
-    manifest = json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())
+    manifest = converted_manifest(model_id)
     facts = [manifest["source_sha256"], manifest["converter_version"], EXPORTER_VERSION, torch.__version__,
              kind, size, opset]
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
@@ -66,8 +67,8 @@ def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path
     path = edgecloak_home() / "graphs" / rec.id / f"{_graph_key(rec.id, kind, size, opset)}.{kind}.onnx"
     if path.is_file():
         return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with staged_file(path) as tmp:
         if kind == "grad":
             export_gradient_graph(rec, tmp, num_targets=size, opset=opset)
         elif kind == "embed":
@@ -79,9 +80,6 @@ def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path
         if written.get("", written.get("ai.onnx")) != opset:
             raise UsageError(f"--opset {opset}: the exporter wrote opset {written.get('', '?')} instead; "
                              f"use an opset it supports ({', '.join(map(str, SUPPORTED_OPSETS))})")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -150,7 +148,7 @@ def export_bundle(
                 shapes={"x": [1, 3, rec.input_size, rec.input_size], "cotangents": [1, num_targets, rec.spec.embedding_dim],
                         "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
                         "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
-                source_sha256=json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())["source_sha256"],
+                source_sha256=converted_manifest(model_id)["source_sha256"],
                 # what the graphs were exported from (weights, converter, exporter, torch, K, opset)
                 graph_keys={kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")},
                 tensorrt_unsupported_ops=check_tensorrt_ops(grad, "8.5"),
@@ -176,7 +174,7 @@ def export_bundle(
         else:
             bank = default_target_bank(recognizers, detector)
         bank = bank.select(range(min(num_targets, bank.size)))
-        bank.numpy().save(staging / "targets.npz")
+        bank.save(staging / "targets.npz")
         (staging / "preset.json").write_text(preset_json)
 
         manifest = BundleManifest(

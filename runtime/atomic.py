@@ -8,6 +8,9 @@ an interrupted write leaves nothing behind.
 ``overwrite=False`` never replaces an existing file, race-free: the finished temporary file is
 hard-linked to the destination (``link`` fails when the name exists) instead of renamed over it.
 
+A tool that writes a file itself (an ONNX exporter) writes into ``staged_file``'s temporary path
+instead, which is renamed into place only when the tool finished without error.
+
 Example:
     >>> write_json_atomic(Path("/tmp/x.json"), {"ok": True})             # doctest: +SKIP
     >>> write_bytes_atomic(Path("/tmp/x.png"), data, overwrite=False)     # doctest: +SKIP
@@ -15,12 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgecloak.errors import OutputError
 
@@ -75,6 +79,27 @@ def write_json_atomic(path: str | os.PathLike[str], body: Any, *, overwrite: boo
         >>> write_json_atomic("out/summary.json", {"faces": 1})   # doctest: +SKIP
     """
     return write_bytes_atomic(path, json.dumps(body, indent=1, default=str).encode(), overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a tool that writes the file itself; moved to ``path``
+    (mode 0666 less the umask) when the block ends without error, removed on any way out.
+
+    Example:
+        >>> with staged_file("cache/model.onnx") as tmp:       # doctest: +SKIP
+        ...     torch.onnx.export(net, args, tmp)
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; caches are meant to be shared and read
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _link_no_clobber(tmp: Path, path: Path) -> None:

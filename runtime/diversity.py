@@ -1,8 +1,9 @@
 """The random draws of a TIP-IM run, from one numpy generator, in one fixed order.
 
-Both engines (torch reference and runtime) call these functions with ``np.random.default_rng(seed)``
-in the same order per step (jitter, then the MMD augmentations), so the same seed gives the same
-input diversity on either engine: that is what makes their results comparable pixel for pixel.
+The runtime loop and the torch oracle (``edgecloak.export.reference.oracle``, tests only) call
+these functions with ``np.random.default_rng(seed)`` in the same order per step (jitter, then the
+MMD augmentations), so the same seed gives the same input diversity in both: that is what makes
+their results comparable pixel for pixel.
 
 Example:
     >>> rng = np.random.default_rng(0)

@@ -1,9 +1,10 @@
 """TIP-IM's naturalness term in numpy: the MMD value and its gradient, written out by hand.
 
-As in the paper's public code (and ``export/reference/mmd.py``): a biased MMD^2 estimate with a sum
-of Gaussian kernels over 19 bandwidths, between a batch of protected copies and the batch of
-originals (flattened pixels on the 0..1 scale). With one photo the batch is filled with paired
-augmented copies (the same roll and flip on both), drawn by ``runtime.diversity``.
+As in the paper's public code (and the torch oracle, ``edgecloak.export.reference.oracle``, tests
+only): a biased MMD^2 estimate with a sum of Gaussian kernels over 19 bandwidths, between a batch
+of protected copies and the batch of originals (flattened pixels on the 0..1 scale). With one
+photo the batch is filled with paired augmented copies (the same roll and flip on both), drawn by
+``runtime.diversity``.
 
 With ``W[i,j] = sum_b beta_b exp(-beta_b ||a_i - c_j||^2)`` the gradient of ``mean k(a_i, c_j)``
 with respect to ``a_i`` is ``-2 / B^2 * sum_j W[i,j] (a_i - c_j)``, which gives the three terms below.
@@ -57,7 +58,7 @@ def mmd_gradient(
 
     Computed in float64 (the distances are sums over ~10^5 pixels); the gradient is float32 and on
     the 0..255 scale of x, multiplied by ``weight`` (gamma) before rounding to float32, as the
-    reference does. Where the estimate clamps at 0 the gradient is 0, as in the reference.
+    torch oracle does. Where the estimate clamps at 0 the gradient is 0, as in the oracle.
     """
     a = _augment(x.astype(np.float64) / 255.0, augmentations)
     c = _augment(x0.astype(np.float64) / 255.0, augmentations)

@@ -1,10 +1,15 @@
 """Target identities for TIP-IM: K faces of people who are not the user, embedded per surrogate.
 
-One container for both engines: the embeddings may be numpy arrays (runtime, bundles) or torch
-tensors (reference); ``select`` and ``excluding_lookalikes`` only use indexing and ``@``.
+The embeddings are float32 numpy arrays, one ``[K, D]`` per surrogate, whoever built the bank (a
+bundle, the runtime, the torch embedders of ``edgecloak.export``): they are checked and converted
+at construction, and anything that is not a numpy array (a torch tensor above all) is refused with
+a ``TypeError``, so no other array type travels through the SDK. The torch oracle converts to
+torch itself.
 
 Example:
-    >>> bank = TargetBank(["a", "b"], {"m": np.eye(2, dtype=np.float32)})
+    >>> bank = TargetBank(["a", "b"], {"m": np.eye(2)})
+    >>> bank.embeddings["m"].dtype
+    dtype('float32')
     >>> bank.excluding_lookalikes({"m": np.array([[1.0, 0.0]], np.float32)}).identities
     ['b']
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,12 +26,32 @@ import numpy as np
 LOOKALIKE_COSINE = 0.5
 
 
+def _as_embeddings(surrogate: str, value: object, count: int) -> np.ndarray:
+    """``value`` as a C-contiguous float32 ``[count, D]`` array; TypeError/ValueError in one line.
+
+    Example:
+        >>> _as_embeddings("m", np.zeros((2, 3)), 2).dtype
+        dtype('float32')
+    """
+    if not isinstance(value, np.ndarray):
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        raise TypeError(f"target embeddings for {surrogate!r} must be a numpy array, got {kind} "
+                        "(convert torch tensors with .numpy() first)")
+    if value.ndim != 2 or value.shape[0] != count:
+        raise ValueError(f"target embeddings for {surrogate!r} have shape {value.shape}, expected ({count}, D)")
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
 @dataclass
 class TargetBank:
-    """K target identities and their unit embeddings per surrogate ({id: [K, D]})."""
+    """K target identities and their unit embeddings per surrogate ({id: float32 [K, D]})."""
 
     identities: list[str]
-    embeddings: dict[str, Any]
+    embeddings: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.identities = list(self.identities)
+        self.embeddings = {k: _as_embeddings(k, v, len(self.identities)) for k, v in self.embeddings.items()}
 
     @property
     def size(self) -> int:
@@ -36,7 +61,7 @@ class TargetBank:
         keep = list(keep)
         return TargetBank([self.identities[i] for i in keep], {k: v[keep] for k, v in self.embeddings.items()})
 
-    def excluding_lookalikes(self, user: dict[str, Any], threshold: float = LOOKALIKE_COSINE) -> "TargetBank":
+    def excluding_lookalikes(self, user: Mapping[str, np.ndarray], threshold: float = LOOKALIKE_COSINE) -> "TargetBank":
         """Drop targets whose mean surrogate cosine to the user's face exceeds the threshold."""
         sims = [0.0] * self.size
         for k, emb in self.embeddings.items():
@@ -45,17 +70,10 @@ class TargetBank:
                 sims[i] += float(cos[i, 0]) / len(self.embeddings)
         return self.select([i for i in range(self.size) if sims[i] <= threshold])
 
-    def numpy(self) -> "TargetBank":
-        """The same bank with float32 numpy embeddings (from torch tensors or arrays)."""
-        conv = {k: np.ascontiguousarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
-                for k, v in self.embeddings.items()}
-        return TargetBank(list(self.identities), conv)
-
     def save(self, path: Path) -> None:
         """Write as .npz: ``identities`` plus one array per surrogate id."""
-        bank = self.numpy()
-        arrays = {f"emb/{k}": v for k, v in bank.embeddings.items()}
-        np.savez(path, identities=np.array(bank.identities), **arrays)
+        arrays = {f"emb/{k}": v for k, v in self.embeddings.items()}
+        np.savez(path, identities=np.array(self.identities), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "TargetBank":

@@ -1,7 +1,7 @@
-"""TIP-IM on engine graphs, in numpy: the torch-free loop that runs on devices.
+"""TIP-IM on engine graphs, in numpy: the product's TIP-IM loop, on every backend and device.
 
-The same algorithm as the torch reference (``edgecloak.export.reference.tipim``), step for step,
-with the autograd replaced by what the bundle's graphs give:
+The same algorithm as the torch oracle (``edgecloak.export.reference.oracle``, tests only), step for
+step, with the autograd replaced by what the bundle's graphs give:
 
 * the K identity-loss gradients at x: per surrogate ONE gradient-graph call (one forward, K
   vector-Jacobian products with cotangents ``2 w_s (f_s(r) - f_s(t_k))``), pulled back from the
@@ -11,7 +11,7 @@ with the autograd replaced by what the bundle's graphs give:
 
 Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MMD, the random
 draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
-and settings the result matches the reference (see tests/test_runtime_parity.py).
+and settings the result matches the oracle's (see tests/test_runtime.py).
 
 Example:
     >>> loop = RuntimeTIPIM(engines, TIPIMConfig(steps=20))           # doctest: +SKIP
@@ -84,7 +84,7 @@ class RuntimeTIPIM:
         # K is fixed in the gradient graphs: the loop can chase at most that many targets
         self.max_targets = min(e.files.num_targets for e in self.engines)
 
-    # -- the algebra shared with the reference (same formulas, numpy) ----------------------
+    # -- the algebra shared with the torch oracle (same formulas, numpy) -------------------
     def bounds(self, x0: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-pixel [lo, hi] of the L_inf ball around x0 within [0, 255] (computed once per face)."""
         return np.maximum(x0 - limit, 0.0), np.minimum(x0 + limit, 255.0)

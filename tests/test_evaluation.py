@@ -218,6 +218,41 @@ def test_eval_refuses_bad_arguments_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "results.json").exists()  # refused before anything ran
 
 
+def test_tipim_as_published_is_a_runtime_method_like_the_others():
+    """The paper's published loop (mobileface, N 50, alpha 1.5, eps 12, no input diversity, the last
+    iterate) is one more method on the runtime backend; every TIP-IM method runs there."""
+    from edgecloak.evaluation.harness import MAIN_METHODS, method_catalogue
+    from edgecloak.evaluation.methods import CloakerMethod
+    from edgecloak.evaluation.report import LABELS
+
+    catalogue = method_catalogue("onnxruntime", seed=3)
+    published = catalogue["tipim-published"]
+    assert "tipim-published" in MAIN_METHODS and not any("reference" in name for name in catalogue)
+    assert published.surrogates == ("mobileface",) and published.backend == "onnxruntime"
+    assert published.config == {"steps": 50, "alpha": 1.5, "eps": 12.0, "diversity": None, "keep_best": False,
+                                "seed": 3}
+    assert {m.backend for m in catalogue.values() if isinstance(m, CloakerMethod)} == {"onnxruntime"}
+    assert LABELS["tipim-published"] == "TIP-IM as published (N 50, no diversity, last iterate)"
+
+
+def test_eval_has_no_reference_backend(tmp_path, capsys):
+    """`eval --backend` takes the runtime backends only: `reference` is refused by the parser (exit 2,
+    one error line naming the choices), and by the harness when called from Python."""
+    from edgecloak.cli.main import main
+    from edgecloak.errors import UsageError
+    from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+    from edgecloak.runtime.backends import BACKENDS
+
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "-o", str(tmp_path / "out"), "--backend", "reference"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exited.value.code == 2 and len(errors) == 1
+    assert "'reference'" in errors[0] and all(name in errors[0] for name in ("auto", *BACKENDS))
+    with pytest.raises(UsageError, match="unknown backend 'reference'; choose from auto, "):
+        run_evaluation(EvalSettings(out=tmp_path / "out", backend="reference"))
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
 @pytest.mark.slow
 def test_untargeted_mifgsm_is_tipim_with_a_zero_target(tmp_path):
     """The MI-FGSM baseline runs the TIP-IM loop on one all-zero target: the loss becomes -D(x, r),

@@ -14,10 +14,16 @@ Example:
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from edgecloak.errors import EdgecloakError, UsageError
 
 from .plan import Task
 from .worker import PhotoWorker, WorkerSpec
@@ -32,10 +38,8 @@ def ray_session(address: str | None):
     """Ray connected to ``address`` (a running cluster) or a local instance started here (and
     stopped on exit); yields the ``ray`` module. ``UsageError`` when Ray is not installed."""
     try:
-        import ray
+        import ray  # optional: the ray extra
     except ImportError:
-        from edgecloak.errors import UsageError
-
         raise UsageError("--ray needs Ray: pip install 'edgecloak[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
@@ -108,8 +112,6 @@ class Executor:
 
     def __init__(self, workers: int = 1):
         if workers < 1:
-            from edgecloak.errors import UsageError
-
             raise UsageError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
         self.backend = ""
@@ -144,9 +146,6 @@ _WORKER: PhotoWorker | None = None
 def _process_pool(workers: int, initializer=None, initargs=()):
     """Spawned processes (no fork of loaded sessions). A pool whose worker dies or fails to start
     is broken, not restarted forever: the run stops with the reason (``_as_completed``)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
                                initargs=initargs)
 
@@ -159,11 +158,6 @@ def _stop(pool) -> None:
 
 
 def _as_completed(pool, futures):
-    from concurrent.futures import as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    from edgecloak.errors import EdgecloakError
-
     try:
         for future in as_completed(futures):
             yield future.result()
@@ -191,8 +185,6 @@ class ProcessExecutor(Executor):
     name = "processes"
 
     def run(self, spec, tasks, root):
-        from dataclasses import replace
-
         if spec.threads is None:
             spec = replace(spec, threads=max(1, cores() // self.workers))
         pool = _process_pool(self.workers, _start_worker, (spec,))
@@ -235,15 +227,11 @@ class RayExecutor(Executor):
         self.address = address
 
     def run(self, spec, tasks, root):
-        from dataclasses import replace
-
         with ray_session(self.address) as ray:
             resources = ray.cluster_resources()
             gpus = float(resources.get("GPU", 0.0))
             cpus = float(resources.get("CPU", 1.0))
             if not self.address and self.workers > cpus:  # actors that can never be placed would wait forever
-                from edgecloak.errors import UsageError
-
                 raise UsageError(f"--workers {self.workers} is more than the {cpus:g} CPUs of the local Ray instance")
             cpus_per_actor = max(1.0, cpus // self.workers) if not self.address else 1.0
             if spec.threads is None:

@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
+
 from edgecloak.errors import CameraError, NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.image_io import OutputFormat
@@ -255,8 +257,6 @@ class CameraSession:
         }
 
     def _show(self, image) -> None:
-        import cv2
-
         try:
             cv2.imshow("edgecloak (cloaked)", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             cv2.waitKey(1)
@@ -266,8 +266,6 @@ class CameraSession:
 
     @staticmethod
     def _close_preview() -> None:
-        import cv2
-
         try:
             cv2.destroyAllWindows()
         except cv2.error:

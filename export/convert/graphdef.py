@@ -703,7 +703,7 @@ class _GraphCompiler:
 
 def load_graphdef(path: Path) -> dict[str, Any]:
     """The nodes of a binary frozen GraphDef by name (parsed with tensorboard's compiled protos)."""
-    from tensorboard.compat.proto import graph_pb2  # only the protos; TensorFlow is not needed
+    from tensorboard.compat.proto import graph_pb2  # optional: the export extra (its protos only, no TensorFlow)
 
     graph = graph_pb2.GraphDef()
     try:

@@ -26,8 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from edgecloak.errors import ModelError
+from edgecloak.runtime.atomic import staged_file
 
 # Bump when the graphs this module writes change (names, opset, layout), so caches re-convert.
 CONVERTER_VERSION = "mtcnn-onnx-1"
@@ -173,10 +172,8 @@ def export_net(net: nn.Module, name: str, out_path: Path) -> Path:
         dynamic_axes.update({o: {0: "batch", 2: "out_height", 3: "out_width"} for o in outputs})
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
+    with staged_file(out_path) as tmp, torch.no_grad():
+        with warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of dynamo, but it exports these
             # small static graphs at opset 17 exactly; dynamo would emit opset 18.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -196,11 +193,6 @@ def export_net(net: nn.Module, name: str, out_path: Path) -> Path:
         onnx.checker.check_model(model, full_check=True)
         model.producer_name = f"edgecloak {CONVERTER_VERSION}"
         onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp made it 0600; the cache is meant to be shared and read
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_path
 
 

@@ -6,6 +6,10 @@ Hopper, Eileen Collins and the cameraman: 10 identities, the paper's K. Users ma
 target photos instead. Targets that look like the user (a surrogate similarity above
 ``LOOKALIKE_COSINE``) are dropped, so a user is never "protected" towards themself.
 
+The faces are embedded with the torch recognizers (bundle export, evaluators, the oracle's tests):
+``embed_face`` / ``embed_faces`` return torch tensors, every ``TargetBank`` built here holds float32
+numpy arrays, as every bank does.
+
 Example:
     >>> bank = default_target_bank(recognizers, detector)   # doctest: +SKIP
     >>> bank.size, bank.identities[0]                        # doctest: +SKIP
@@ -27,6 +31,7 @@ from edgecloak.runtime.image_io import load_image
 from edgecloak.runtime.targets import LOOKALIKE_COSINE, TargetBank  # noqa: F401  (re-exported)
 
 from .view import FaceView
+
 
 def geometries_of(recognizers: Sequence[Recognizer]) -> dict[str, CropGeometry]:
     """Each recognizer's crop geometry, from its spec."""
@@ -73,12 +78,17 @@ def one_photo_faces(detector, sources: Sequence[OnePhotoSource]) -> list[tuple[s
     return out
 
 
+def _bank(identities: list[str], embeddings: dict[str, torch.Tensor]) -> TargetBank:
+    """A bank of the torch embeddings, as numpy (computed under no_grad, so no copy is needed)."""
+    return TargetBank(identities, {k: v.cpu().numpy() for k, v in embeddings.items()})
+
+
 def target_bank_from_sources(
     recognizers: Sequence[Recognizer], detector, sources: Sequence[OnePhotoSource]
 ) -> TargetBank:
     """Embed every identity of the given one-photo sources (faces of a group photo left to right)."""
     faces = one_photo_faces(detector, sources)
-    return TargetBank([n for n, _, _ in faces], embed_faces([(im, lm) for _, im, lm in faces], recognizers))
+    return _bank([n for n, _, _ in faces], embed_faces([(im, lm) for _, im, lm in faces], recognizers))
 
 
 def default_target_bank(recognizers: Sequence[Recognizer], detector) -> TargetBank:
@@ -93,4 +103,4 @@ def target_bank_from_photos(recognizers: Sequence[Recognizer], detector, photos:
         image = load_image(photo)
         face = detector.largest_face(image, str(photo))
         faces.append((image, face.landmarks))
-    return TargetBank([Path(p).stem for p in photos], embed_faces(faces, recognizers))
+    return _bank([Path(p).stem for p in photos], embed_faces(faces, recognizers))

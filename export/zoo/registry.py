@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecloak.errors import ModelError
+from edgecloak.runtime.atomic import write_bytes_atomic
 
 from .fetch import edgecloak_home, member_path, package_sources
 
@@ -97,9 +98,19 @@ def _is_current(manifest: dict[str, Any] | None, package: str, converter_version
 
 
 def _write_manifest(model_dir: Path, body: dict[str, Any]) -> None:
-    tmp = model_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
-    os.replace(tmp, model_dir / "manifest.json")
+    # these exact bytes name the evaluation's embedding caches (their hash): keep the format
+    write_bytes_atomic(model_dir / "manifest.json", json.dumps(body, indent=2, sort_keys=True).encode())
+
+
+def converted_manifest(model_id: str) -> dict[str, Any]:
+    """The manifest of a recognizer's conversion (source sha256, converter version), converting it
+    into the cache first if needed.
+
+    Example:
+        >>> converted_manifest("mobileface")["converter_version"]   # doctest: +SKIP
+        '3'
+    """
+    return json.loads((ensure_recognizer(model_id).parent / "manifest.json").read_text())
 
 
 def ensure_recognizer(model_id: str) -> Path:
@@ -110,7 +121,7 @@ def ensure_recognizer(model_id: str) -> Path:
     if _is_current(_read_manifest(model_dir), spec.package, converter.CONVERTER_VERSION):
         return model_dir / "model.pt"
 
-    import torch  # the conversion side only
+    import torch  # optional: the export extra; only converting needs it, not reading the cache
 
     source = member_path(spec.package, spec.source)
     for extra in spec.extra_files:

@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import numpy as np
@@ -26,7 +25,9 @@ def optional_torch():
     The runtime package never imports torch at module level (devices have none); the engines that
     can use it (this backend; TensorRT's buffers) load it through here, on demand.
     """
-    return importlib.import_module("torch")
+    import torch  # optional: the export extra; a device install has none
+
+    return torch
 
 
 class TorchEngine(SurrogateEngine):

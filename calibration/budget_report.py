@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecloak.calibration.budget import ELIGIBLE, HELD_OUT, eligible, pareto_front
+from edgecloak.evaluation.report import _plt, render_html, render_markdown
 
-from .report import _plt, render_html, render_markdown
+from .budget import ELIGIBLE, HELD_OUT, eligible, pareto_front
 
 AXIS_COLOURS = {"steps": "tab:blue", "targets": "tab:purple", "diversity": "tab:brown", "mmd": "tab:pink",
                 "rescore": "tab:orange", "progressive": "tab:olive", "ensemble": "tab:green"}

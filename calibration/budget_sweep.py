@@ -1,6 +1,7 @@
-"""Running the loop-budget calibration: every ``BudgetPoint`` (``edgecloak.calibration.budget``)
-through the SDK on the evaluation protocol, then the choice of presets, the presets file and the
-Pareto report (``budget_report.py``). ``edgecloak calibrate presets`` calls ``calibrate``.
+"""Running the loop-budget calibration: every ``BudgetPoint`` (``budget.py``) through the SDK on
+the evaluation protocol (the evaluation harness, one floor down), then the choice of presets, the
+presets file and the Pareto report (``budget_report.py``). ``edgecloak calibrate presets`` calls
+``calibrate``.
 
 Example:
     >>> calibration = calibrate("calib-out", quick=True)          # doctest: +SKIP
@@ -14,7 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecloak.calibration.budget import (
+from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+from edgecloak.evaluation.methods import CloakerMethod
+from edgecloak.presets import installed_path
+from edgecloak.runtime.atomic import write_json_atomic
+
+from .budget import (
     BudgetPoint,
     choose_presets,
     eligible,
@@ -24,12 +30,7 @@ from edgecloak.calibration.budget import (
     sweep_points,
     write_presets_file,
 )
-from edgecloak.calibration.presets import installed_path
-from edgecloak.runtime.atomic import write_json_atomic
-
 from .budget_report import write_budget_report
-from .harness import EvalSettings, run_evaluation
-from .methods import CloakerMethod
 
 
 def point_method(point: BudgetPoint, backend: str = "auto", seed: int = 0) -> CloakerMethod:
