@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from edgecloak.evaluation.harness import EvalSettings, run_evaluation
 from edgecloak.evaluation.methods import CloakerMethod
-from edgecloak.presets import installed_path
+from edgecloak.presets import forget_presets, installed_path
 from edgecloak.runtime.atomic import write_json_atomic
 
 from .budget import (
@@ -96,4 +96,5 @@ def calibrate(out, quick: bool = False, probes_per_identity: int = 3, backend: s
         if install:
             installed_path().parent.mkdir(parents=True, exist_ok=True)
             write_presets_file(installed_path(), chosen, meta, rows=rows)
+            forget_presets()  # later lookups in this process read the new choice
     return calibration

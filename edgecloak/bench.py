@@ -1,18 +1,19 @@
-"""Speed of the TIP-IM loop per engine: the paper-style torch reference vs the runtime backends.
+"""Speed of the TIP-IM loop per engine: the paper-style torch loop vs the runtime backends.
 
 For each surrogate ensemble, on one real face (the shipped sample photo unless given), with the
 same N, K and seed everywhere, it times:
 
-* ``reference-paper``: torch autograd written as the paper's code does it (one forward and one
-  backward per target, K per step): the baseline every ratio is taken against;
-* ``reference-batched``: the torch reference with the K gradients in one backward;
-* ``runtime/<backend>``: the torch-free loop on the bundle's graphs, for every available backend
+* ``reference-paper``: the torch oracle (``edgecloak.export.reference.oracle``) written as the
+  paper's code does it (one forward and one backward per target, K per step): the baseline every
+  ratio is taken against;
+* ``reference-batched``: the torch oracle with the K gradients in one backward;
+* ``runtime/<backend>``: the product loop on the bundle's graphs, for every available backend
   (ONNX Runtime always; torch and TensorRT when present).
 
-Per iteration is the median time between steps; per face is the whole ``protect_face`` call
-(setup + N steps + final scoring). ``max_diff_vs_reference`` is the largest pixel difference of
-the protected region from the batched reference's (0 = identical), ``differing_pixels_vs_reference``
-the share of its pixels that differ by more than 1. Results are JSON plus a table.
+Per iteration is the median time between steps; per face is the whole face's loop (setup + N steps
++ final scoring). ``max_diff_vs_reference`` is the largest pixel difference of the protected
+region from the batched oracle's (0 = identical), ``differing_pixels_vs_reference`` the share of
+its pixels that differ by more than 1. Results are JSON plus a table.
 
 Example:
     >>> report = run_bench([["mobileface"]], steps=5)     # doctest: +SKIP
@@ -21,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -29,22 +31,45 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 import edgecloak
+from edgecloak.recipe import bundle_for, resolve
+from edgecloak.runtime.backends import backend_class
+from edgecloak.runtime.bundle import Bundle
+from edgecloak.runtime.config import TIPIMConfig
+from edgecloak.runtime.image_io import load_image
+from edgecloak.runtime.protector import FaceResult, RuntimeProtector
 
 
-def timed_protect(protector, image, landmarks, targets) -> tuple[float, float, np.ndarray, int]:
-    """(seconds per face, median seconds per iteration, protected region, target index).
+# one face's loop: called with an on_step callback, returns the face's ``FaceResult``, as
+# ``RuntimeProtector.protect_face`` and the torch oracle's ``protect_face`` do
+FaceLoop = Callable[[Callable[[int], None]], FaceResult]
 
-    Torch-free (any protector), so device scripts can use it too.
+
+def timed_loop(loop: FaceLoop) -> tuple[float, float, np.ndarray, int]:
+    """(seconds per face, median seconds per iteration, protected region, target index) of one face's loop.
+
+    Example:
+        >>> done = FaceResult((0, 0, 1, 1), np.zeros((1, 1, 3), np.uint8), target_index=2, steps=2)
+        >>> timed_loop(lambda on_step: (on_step(1), on_step(2), done)[-1])[3]
+        2
     """
     stamps: list[float] = []
     t0 = time.perf_counter()
-    _, region, target = protector.protect_face(image, image, landmarks, targets, on_step=lambda _i: stamps.append(time.perf_counter()))
+    result = loop(lambda _i: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
     gaps = np.diff([t0, *stamps])
     per_iter = float(statistics.median(gaps[1:])) if len(gaps) > 1 else float(gaps[0])
-    return total, per_iter, region, target
+    return total, per_iter, result.region, result.target_index
+
+
+def timed_protect(protector, image, landmarks, targets) -> tuple[float, float, np.ndarray, int]:
+    """``timed_loop`` of a protector's ``protect_face`` on one face of ``image``.
+
+    Torch-free (any ``RuntimeProtector``), so device scripts can use it too.
+    """
+    return timed_loop(lambda on_step: protector.protect_face(image, image, landmarks, targets, on_step=on_step))
 
 
 def run_bench(
@@ -58,19 +83,13 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time every engine on every ensemble; returns the JSON-ready report (rows + machine facts)."""
-    import onnxruntime as ort
+    # optional: the export extra (torch, bundle export, the oracle); device scripts import timed_protect
     import torch
 
-    from edgecloak.calibration.presets import preset as get_preset
     from edgecloak.export.bundle import default_bundle
     from edgecloak.export.recognizers import Recognizer
-    from edgecloak.export.reference.protector import ReferenceProtector
+    from edgecloak.export.reference import oracle
     from edgecloak.export.zoo.photos import sample_photo
-    from edgecloak.runtime.backends import backend_class
-    from edgecloak.runtime.bundle import Bundle
-    from edgecloak.runtime.config import TIPIMConfig
-    from edgecloak.runtime.image_io import load_image
-    from edgecloak.runtime.protector import RuntimeProtector
 
     say = progress or (lambda _m: None)
     image = load_image(photo or sample_photo())
@@ -87,30 +106,34 @@ def run_bench(
         detect_s = time.perf_counter() - t0
         face = faces[0]
         targets = bundle.targets.excluding_lookalikes(runtime_cpu.embed_face(image, face.landmarks))
-        engines: list[tuple[str, Any]] = []
+        engines: list[tuple[str, str, FaceLoop]] = []  # (label, what runs it, one face's loop)
         if include_reference:
+            # the oracle on the zoo's torch recognizers, over the same face, targets and settings
             recognizers = [Recognizer.load(i) for i in ids]
-            torch_targets = type(targets)(targets.identities, {k: torch.from_numpy(v) for k, v in targets.embeddings.items()})
+            described = f"torch {torch.__version__} oracle (autograd, cpu)"
             for label, paper in (("reference-paper", True), ("reference-batched", False)):
-                engines.append((label, (ReferenceProtector(recognizers, runtime_cpu.detector, torch_targets, config, paper), torch_targets)))
+                attack = oracle.TIPIM(recognizers, config, per_target_passes=paper)
+                engines.append((label, described, functools.partial(oracle.protect_face, attack, image, face.landmarks,
+                                                                    targets)))
         for backend in backends:
             ok, why = backend_class(backend).available()
             if not ok:
                 rows.append({"ensemble": name, "engine": f"runtime/{backend}", "skipped": why})
                 continue
             protector = runtime_cpu if backend == "onnxruntime" else RuntimeProtector.from_bundle(bundle, backend, steps=steps, seed=0)
-            engines.append((f"runtime/{backend}", (protector, targets)))
+            engines.append((f"runtime/{backend}", protector.backend_description,
+                            functools.partial(protector.protect_face, image, image, face.landmarks, targets)))
         reference_region = None
-        for label, (protector, bank) in engines:
+        for label, described, loop in engines:
             say(f"{name}: {label}")
-            per_face, per_iter, region, target = timed_protect(protector, image, face.landmarks, bank)
+            per_face, per_iter, region, target = timed_loop(loop)
             if label == "reference-batched":
                 reference_region = region
             rows.append({
-                "ensemble": name, "engine": label, "backend": protector.backend_description,
-                "steps": steps, "num_targets": bank.size, "per_iteration_ms": round(per_iter * 1e3, 2),
+                "ensemble": name, "engine": label, "backend": described,
+                "steps": steps, "num_targets": targets.size, "per_iteration_ms": round(per_iter * 1e3, 2),
                 "per_face_s": round(per_face, 3), "detect_s": round(detect_s, 3),
-                "target": bank.identities[target], "region": region,
+                "target": targets.identities[target], "region": region,
             })
         paper = next((r for r in rows if r["ensemble"] == name and r["engine"] == "reference-paper"), None)
         for r in rows:
@@ -126,14 +149,14 @@ def run_bench(
                 # levels on another CPU, while a wrong gradient moves most of the region
                 r["differing_pixels_vs_reference"] = round(float((diff > 1).mean()), 6)
     if edge_preset:
-        edge = get_preset("edge")
+        edge = resolve("edge")
         say("edge preset")
-        bundle = Bundle.load(default_bundle(list(edge.surrogates), edge.num_targets))
-        protector = RuntimeProtector.from_bundle(bundle, "auto", **edge.settings)
+        bundle = bundle_for(edge)  # the preset's own cached bundle, as `protect --preset edge` runs it
+        protector = RuntimeProtector.from_bundle(bundle, "auto", edge.config)
         t0 = time.perf_counter()
         faces = protector.detector.detect(image)
         targets = bundle.targets.excluding_lookalikes(protector.embed_face(image, faces[0].landmarks))
-        _, _, target = protector.protect_face(image, image, faces[0].landmarks, targets)
+        target = protector.protect_face(image, image, faces[0].landmarks, targets).target_index
         rows.append({
             "ensemble": "+".join(edge.surrogates), "engine": "edge preset (detect + protect)",
             "backend": protector.backend_description, "steps": protector.config.steps, "num_targets": targets.size,

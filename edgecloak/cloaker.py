@@ -262,8 +262,8 @@ class Cloaker:
         with ``on_fail="drop"`` a photo with an unprotected face raises ``ProtectionFailedError``.
         ``output`` encodes the result (PNG or JPEG) and runs the self-check on the decoded bytes,
         which ``Result.encoded`` then holds: what is checked is exactly what gets written.
-        ``targets`` replaces this cloaker's target identities for this photo only (same array type as
-        the protector's: numpy for the runtime, torch for the reference). ``warm`` continues from
+        ``targets`` replaces this cloaker's target identities for this photo only (embedded by the
+        same surrogates, e.g. with ``protector.embed_face``). ``warm`` continues from
         the previous video frame (``Result.warm_start``). Raises ``NoFaceError`` (path "image") when
         no face is found.
 
@@ -410,7 +410,8 @@ class Cloaker:
             face = plan.face
             match = max(found, key=lambda f: box_iou(f.box, face.box), default=None)
             plan.redetected = match is not None and box_iou(match.box, face.box) > 0.3
-            after = self.protector.embed_face(out, match.landmarks if plan.redetected else face.landmarks)
+            # the face as the detector finds it now (a new geometry), or where it was
+            after = self.protector.embed_face(out, match.landmarks if plan.redetected else plan.region)
             sims, margins = {}, []
             for sid in self.protector.surrogate_ids:
                 t = plan.targets.embeddings[sid][plan.t_index]

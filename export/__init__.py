@@ -1,4 +1,5 @@
-"""The workstation (torch) side of edgecloak: model zoo, conversion, the TIP-IM reference.
+"""The workstation (torch) side of edgecloak: model zoo, conversion, bundle export, and the torch
+TIP-IM oracle (``reference/oracle.py``) that the tests and ``edgecloak bench`` compare the runtime with.
 
 Imported as ``edgecloak.export``. May import ``edgecloak.runtime``; never the reverse.
 """

@@ -8,5 +8,5 @@ Modules: ``image_io`` (safe decode, atomic writes), ``detect`` (MTCNN), ``align`
 ``face_region`` (geometry), ``warp`` (numpy bilinear sampling and its adjoint), ``bundle``
 (verified bundles), ``backends`` (engines behind one interface), ``tipim`` (the loop),
 ``protector`` (faces of a photo), ``config``/``diversity``/``mmd``/``targets`` (shared with the
-torch reference so both engines compute the same thing).
+torch oracle the tests check the loop against, so both compute the same thing).
 """

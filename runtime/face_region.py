@@ -7,8 +7,8 @@ photo rectangle covering every surrogate's aligned crop (plus a margin for the a
 the photo->crop matrix of each surrogate re-based on that rectangle, and the per-pixel budget
 weight that fades the mask out towards the rectangle's edges.
 
-Shared by both engines: the torch reference (``export/reference/view.py`` samples it with
-``grid_sample``) and the runtime (``runtime/warp.py`` samples it with numpy).
+Shared by the runtime (``runtime/warp.py`` samples it with numpy) and the torch side
+(``export/reference/view.py`` samples it with ``grid_sample`` for the test oracle).
 
 Example:
     >>> region = FaceRegion.around(landmarks, image_hw=(480, 640), geometries={"mobileface": CropGeometry(112)})  # doctest: +SKIP

@@ -148,9 +148,9 @@ class RuntimeProtector:
         chased = targets.select(range(min(targets.size, loop.max_targets)))
         result = loop.run(_region_batch(original, face.box), face, chased, start=_region_batch(current, face.box),
                           on_step=on_step)
-        return FaceResult(box=tuple(int(v) for v in face.box), region=result.region[0].transpose(1, 2, 0).astype(np.uint8),
-                          target_index=result.target_index, steps=len(result.gains), gains=result.gains,
-                          seconds=result.seconds)
+        protected = result.region[0].transpose(1, 2, 0).astype(np.uint8)
+        return FaceResult(box=tuple(int(v) for v in face.box), region=protected, target_index=result.target_index,
+                          steps=len(result.gains), gains=result.gains, seconds=result.seconds)
 
     def close(self) -> None:
         for e in self.engines:

@@ -11,7 +11,7 @@ computed once in :class:`BilinearSampler`; each attack step is then a few gather
 
 Matching torch to float32 precision needs more than the same formula: torch rounds the sampling
 coordinates in float32, and one ulp of a coordinate near 400 (3e-5 px) times a 255-level edge is
-already ~1e-2. So the grid is built exactly as the reference builds it (float64 matrix product, cast
+already ~1e-2. So the grid is built exactly as ``FaceView`` builds it (float64 matrix product, cast
 to float32, torch's unnormalisation in float32) -- see :meth:`BilinearSampler._source_coordinates`.
 
 Example:
@@ -48,16 +48,16 @@ def _to_3x3(m: np.ndarray) -> np.ndarray:
 
 def crop_to_src_matrix(photo_to_crop: np.ndarray, size: int, jitter: np.ndarray | None) -> tuple[np.ndarray, int]:
     """The crop -> (pooled) source matrix and pool factor (the one place for this math: the torch
-    reference's ``FaceView._crop`` calls it too).
+    oracle's ``FaceView._crop`` calls it too).
 
     ``photo_to_crop`` is ``FaceView.matrices[name]`` (2x3, region-relative photo pixel -> crop pixel),
     ``size`` the crop size and ``jitter`` an optional 3x3 similarity in normalised crop coordinates
-    (``FaceView.random_jitter``). The float64 operations are the reference's, in the same order, so
-    the result is bit-identical to the ``inv`` the reference hands to ``grid_sample``.
+    (``FaceView.random_jitter``). The float64 operations are ``FaceView``'s, in the same order, so
+    the result is bit-identical to the ``inv`` it hands to ``grid_sample``.
 
     Returns ``(crop_to_src, pool)``: a 2x3 float64 matrix mapping crop pixel (u, v) to coordinates in
-    the source *after* pooling, and the pool factor to pass to :class:`BilinearSampler` (1 where the
-    reference does not pool, i.e. where its ``factor`` is below 2).
+    the source *after* pooling, and the pool factor to pass to :class:`BilinearSampler` (1 where
+    ``FaceView`` does not pool, i.e. where its ``factor`` is below 2).
 
     Example:
         >>> m, pool = crop_to_src_matrix(np.array([[0.4, 0.0, 0.0], [0.0, 0.4, 0.0]]), 112, None)
@@ -70,7 +70,7 @@ def crop_to_src_matrix(photo_to_crop: np.ndarray, size: int, jitter: np.ndarray 
         to_unit = np.array([[1 / size, 0, -0.5], [0, 1 / size, -0.5], [0, 0, 1.0]])
         m = np.linalg.inv(to_unit) @ np.asarray(jitter, dtype=np.float64) @ to_unit @ m
     inv = np.linalg.inv(m)
-    # photo pixels per crop pixel, as the reference rounds it (floor of a computed determinant: an
+    # photo pixels per crop pixel, as ``FaceView`` rounds it (floor of a computed determinant: an
     # exact 4x scale gives det 15.999999999999998 and factor 3 -- kept, since parity is the point)
     factor = math.floor(math.sqrt(abs(np.linalg.det(inv[:2, :2]))))
     if factor < 2:
@@ -163,7 +163,7 @@ class BilinearSampler:
     def _source_coordinates(m: np.ndarray, ph: int, pw: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Clamped float32 source coordinates of every crop pixel, rounded the way torch rounds them.
 
-        The reference builds grid_sample's normalised grid in float64 and casts it to float32; torch's
+        ``FaceView`` builds grid_sample's normalised grid in float64 and casts it to float32; torch's
         CPU kernel then unnormalises with ``(g + 1) * (size / 2) - 0.5`` in float32, which the compiler
         fuses into one FMA (measured: without the fusion the crop differs from torch by up to ~2e-3 on
         0..255 data; with it, bit-identically). The product of two float32 values is exact in float64
@@ -173,7 +173,7 @@ class BilinearSampler:
         theta = (to_norm @ m)[:2]
         uv = np.arange(size, dtype=np.float64)
         uu, vv = np.meshgrid(uv, uv)
-        pix = np.stack([uu, vv, np.ones_like(uu)], axis=-1)  # S,S,3, as in the reference
+        pix = np.stack([uu, vv, np.ones_like(uu)], axis=-1)  # S,S,3, as in ``FaceView``
         grid = (pix @ theta.T).astype(np.float32).reshape(-1, 2)
         one = np.float32(1)
         gx1 = (grid[:, 0] + one).astype(np.float64)  # float32 add, as torch does

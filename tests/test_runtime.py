@@ -1,4 +1,4 @@
-"""The torch-free runtime: bundles, backends, and the TIP-IM loop against the torch reference."""
+"""The torch-free runtime: bundles, backends, target banks, and the TIP-IM loop against the torch oracle."""
 
 from __future__ import annotations
 
@@ -161,10 +161,27 @@ def test_torch_backend_needs_the_torch_program(mobileface_bundle, tmp_path):
         TorchBackend("cpu").load(files)
 
 
+# -- target banks ------------------------------------------------------------------------------
+
+def test_target_banks_hold_float32_numpy_only():
+    """Every bank is float32 numpy, converted at construction; a torch tensor is refused in one line
+    (no other array type may travel through the SDK: the torch oracle converts for itself)."""
+    bank = TargetBank(("a", "b"), {"m": np.eye(2, 3)})
+    assert bank.identities == ["a", "b"] and bank.embeddings["m"].dtype == np.float32
+    assert bank.embeddings["m"].flags.c_contiguous
+    assert bank.select([1]).embeddings["m"].tolist() == [[0.0, 1.0, 0.0]]
+    with pytest.raises(TypeError, match=r"'m' must be a numpy array, got torch\.Tensor") as refused:
+        TargetBank(["a"], {"m": torch.zeros(1, 3)})
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"have shape \(3,\), expected \(2, D\)"):
+        TargetBank(["a", "b"], {"m": np.zeros(3, np.float32)})
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
-def _reference_and_runtime(bundle_path, recognizer, sample_face, config, backend="onnxruntime", reference=True):
-    from edgecloak.export.reference.tipim import TIPIM
+def _oracle_and_runtime(bundle_path, recognizer, sample_face, config, backend="onnxruntime", oracle=True):
+    """(runtime result, oracle result or None, region pixels, FaceRegion) on the sample face."""
+    from edgecloak.export.reference.oracle import TIPIM
     from edgecloak.export.reference.view import FaceView
 
     image, face = sample_face
@@ -174,15 +191,14 @@ def _reference_and_runtime(bundle_path, recognizer, sample_face, config, backend
     x0, y0, x1, y1 = region.box
     pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
     got = RuntimeTIPIM(protector.engines, config).run(pixels, region, targets)
-    if not reference:
+    if not oracle:
         return got, None, pixels, region
     view = FaceView.around(face.landmarks, image.shape[:2], protector.geometries)
-    torch_targets = TargetBank(targets.identities, {k: torch.from_numpy(v) for k, v in targets.embeddings.items()})
-    want = TIPIM([recognizer("mobileface")], config).run(torch.from_numpy(pixels), view, torch_targets)
+    want = TIPIM([recognizer("mobileface")], config).run(torch.from_numpy(pixels), view, targets)
     return got, want, pixels, region
 
 
-# Runtime vs torch reference, same seed and settings. What holds exactly depends on the step rule.
+# Runtime vs the torch oracle, same seed and settings. What holds exactly depends on the step rule.
 # Measured with scripts/measure_drift.py on a 2-core AMD EPYC (AVX2) under 8 variants: threads 1 and 2
 # (OMP/MKL/EDGECLOAK_THREADS, torch.set_num_threads), torch without oneDNN, oneDNN capped to SSE4.1,
 # ATen's scalar kernels, ORT with basic graph optimisation; seeds 0-2; and ("perturb") the runtime
@@ -202,8 +218,8 @@ def _reference_and_runtime(bundle_path, recognizer, sample_face, config, backend
 #     mmd: 0.37% (torch backend, every variant, seed 0), 0.34% at 1e-5 noise                      -> 1.5%
 #   (With the MMD term on, pixels outside every crop step by the sign of an MMD gradient that is 0 in
 #   exact arithmetic there, i.e. of float64 rounding noise, which differs between numpy and torch.)
-#   Gains: worst |runtime - reference| over the steps 1.14e-4 (mmd, ORT basic), 5.5e-5 at 1e-5 noise -> 5e-4.
-# What the chaotic tolerances still catch (runtime with a planted bug vs the reference, same script,
+#   Gains: worst |runtime - oracle| over the steps 1.14e-4 (mmd, ORT basic), 5.5e-5 at 1e-5 noise -> 5e-4.
+# What the chaotic tolerances still catch (runtime with a planted bug vs the oracle, same script,
 # "mutants"): gradient sign flipped 62-65% of pixels, gradient one pixel off 46-54%, one channel's
 # gradient halved 3.2-27%, momentum dropped 59-67%, diversity dropped 49-65%, MMD dropped 80%,
 # re-scoring every step instead of every 4: 11%; a missed projection fails the budget check.
@@ -219,7 +235,7 @@ CHAOTIC_GAINS_ATOL = 5e-4
 
 
 def assert_protects_like(got, want, pixels, region, config, tolerated):
-    """The runtime's result against the reference's: exact (``tolerated`` 0) or within the chaotic
+    """The runtime's result against the oracle's: exact (``tolerated`` 0) or within the chaotic
     tolerances above; the same target; and the budget, exactly, per pixel."""
     diff = np.abs(got.region - want.region.numpy())
     assert (diff > 1).mean() <= tolerated, f"{(diff > 1).mean():.4%} of pixels differ by more than 1"
@@ -238,8 +254,8 @@ def assert_protects_like(got, want, pixels, region, config, tolerated):
 
 @pytest.mark.parametrize("settings, tolerated", PARITY, ids=["linf-diversity", "l2", "mmd", "rescore"])
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch", "tensorrt"])
-def test_runtime_matches_the_torch_reference(mobileface_bundle, recognizer, sample_face, settings, tolerated, backend):
-    """Same seed and settings: the runtime protects like the reference (see PARITY for what "like" is).
+def test_runtime_matches_the_torch_oracle(mobileface_bundle, recognizer, sample_face, settings, tolerated, backend):
+    """Same seed and settings: the runtime protects like the oracle (see PARITY for what "like" is).
 
     The tensorrt case runs where TensorRT and a GPU exist (scripts/gpu_check.py runs it there).
     """
@@ -249,7 +265,7 @@ def test_runtime_matches_the_torch_reference(mobileface_bundle, recognizer, samp
     if not ok:
         pytest.skip(reason)
     config = TIPIMConfig(**settings)
-    got, want, pixels, region = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, config, backend)
+    got, want, pixels, region = _oracle_and_runtime(mobileface_bundle, recognizer, sample_face, config, backend)
     diff = np.abs(got.region - want.region.numpy())
     print(f"{backend} {settings}: max diff {diff.max()}, differing pixels {(diff > 1).mean():.3%}, "
           f"targets {got.target_index}/{want.target_index}, loop {got.seconds}")
@@ -260,9 +276,10 @@ def test_loop_with_fewer_targets_than_the_graphs_take(mobileface_bundle, sample_
     image, face = sample_face
     protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime", steps=3)
     targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks)).select([0, 1, 2])
-    box, region, t = protector.protect_face(image, image, face.landmarks, targets)
-    assert t in (0, 1, 2)
-    x0, y0, x1, y1 = box
+    result = protector.protect_face(image, image, face.landmarks, targets)
+    region = result.region
+    assert result.target_index in (0, 1, 2) and result.steps == 3
+    x0, y0, x1, y1 = result.box
     assert region.shape == (y1 - y0, x1 - x0, 3) and region.dtype == np.uint8
     assert 0 < np.abs(region.astype(int) - image[y0:y1, x0:x1]).max() <= 12
 
@@ -372,7 +389,7 @@ def test_rescoring_every_r_steps_embeds_one_candidate_in_between(mobileface_bund
 
 def test_early_stop_ends_both_engines_at_the_same_step(mobileface_bundle, recognizer, sample_face):
     """stop_margin: the loop ends once every surrogate prefers the target by the margin; runtime and
-    reference stop at the same step, well before N, and protect alike (PARITY's L_inf tolerances).
+    the oracle stop at the same step, well before N, and protect alike (PARITY's L_inf tolerances).
 
     The margin sits where the stop step is decided by a wide gap. Measured (scripts/measure_drift.py,
     stop-trace, seed 0), the stop value (min over surrogates of cos(target) - cos(original)) runs
@@ -383,11 +400,11 @@ def test_early_stop_ends_both_engines_at_the_same_step(mobileface_bundle, recogn
     4e-4, 1/60 of that gap). The pixels are chaotic like any L_inf run (0 differing here).
     """
     config = TIPIMConfig(steps=40, stop_margin=0.075)
-    got, want, pixels, region = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, config, "onnxruntime")
+    got, want, pixels, region = _oracle_and_runtime(mobileface_bundle, recognizer, sample_face, config, "onnxruntime")
     assert len(got.gains) == len(want.gains) < 40
     assert_protects_like(got, want, pixels, region, config, PARITY[0][1])
     # the same steps without the stop, on the same engine: identical (the stop only ends the loop)
     full = TIPIMConfig(steps=len(got.gains))
-    again, _, _, _ = _reference_and_runtime(mobileface_bundle, recognizer, sample_face, full, "onnxruntime",
-                                            reference=False)
+    again, _, _, _ = _oracle_and_runtime(mobileface_bundle, recognizer, sample_face, full, "onnxruntime",
+                                         oracle=False)
     assert np.array_equal(again.region, got.region)

@@ -9,8 +9,9 @@ from .output import print_report
 
 
 class BenchCommand:
-    """Per-iteration and per-face latency of the paper-style torch reference, the batched
-    reference and each available runtime backend, on a real photo (needs the export extra)."""
+    """Per-iteration and per-face latency of the paper-style torch loop (the test oracle, as the
+    baseline), the same with batched gradients, and each available runtime backend, on a real photo
+    (needs the export extra)."""
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +22,14 @@ class BenchCommand:
         p.add_argument("-k", "--num-targets", type=int, default=10, help="targets K (paper: 10)")
         p.add_argument("--backend", action="append", default=None, help="runtime backends (default: all available)")
         p.add_argument("--photo", type=Path, default=None, help="photo to protect (default: the shipped sample)")
-        p.add_argument("--no-reference", action="store_true", help="skip the torch reference engines")
+        p.add_argument("--no-reference", action="store_true",
+                       help="skip the torch oracle's baseline rows (reference-paper, reference-batched)")
         p.add_argument("--json", type=Path, default=None, help="write the report here too")
         p.set_defaults(handler=BenchCommand.run)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        # optional: a workstation tool (run_bench needs the export extra), kept out of a device's CLI start
         from edgecloak.bench import format_table, run_bench
 
         ensembles = [e.split(",") for e in args.ensemble] if args.ensemble else [["mobileface", "faceres"], ["facenet-casia"]]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgecloak.errors import ProtectionFailedError, UsageError
+
 from .output import print_report
 from .settings import add_fan_out_arguments, fan_out_from
 
@@ -55,8 +57,7 @@ class CalibrateCommand:
 
     @staticmethod
     def presets(args: argparse.Namespace) -> int:
-        from edgecloak.evaluation.budget import calibrate
-        from edgecloak.errors import UsageError
+        from edgecloak.calibration.budget_sweep import calibrate  # optional: needs the eval extra (torch)
 
         if args.probes < 1:
             raise UsageError("--probes must be >= 1")
@@ -68,8 +69,6 @@ class CalibrateCommand:
                   f"self-check {row['self_check_passed']:.2f}, face PSNR {row['psnr_face']:.1f} dB")
         print(f"report {args.out / 'report.html'}")
         if not calibration["chosen"]:
-            from edgecloak.errors import ProtectionFailedError
-
             raise ProtectionFailedError("no measured point keeps white-box protection and the self-check; "
                                         "presets unchanged (see the report)")
         print(f"presets {args.out / 'presets.json'}" + (" (installed for this machine)" if args.install else ""))
@@ -77,12 +76,10 @@ class CalibrateCommand:
 
     @staticmethod
     def precision(args: argparse.Namespace) -> int:
-        from edgecloak.calibration.precision import PRECISIONS, format_table, precision_report
-        from edgecloak.errors import UsageError
+        # optional: needs the export extra (torch, onnx)
+        from edgecloak.calibration.precision import PRECISIONS, convert_bundle, format_table, precision_report
 
         if args.bundle is not None:
-            from edgecloak.calibration.precision import convert_bundle
-
             if args.out is None:
                 raise UsageError("--bundle needs -o OUT for the converted bundle")
             figures = convert_bundle(args.bundle, args.out, args.to, args.allow_failed_gate,

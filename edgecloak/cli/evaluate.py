@@ -3,6 +3,7 @@
 Example:
     $ edgecloak eval -o eval-out/ --quick          # ~1-2 min: 5 probes, 3 methods, 2 recognizers
     $ edgecloak eval -o eval-out/                  # the full protocol (README table)
+    $ edgecloak eval -o eval-out/ --methods tipim-published --no-sweeps --backend onnxruntime   # one row
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from edgecloak.errors import UsageError
+from edgecloak.runtime.backends import BACKENDS
 
 from .settings import add_fan_out_arguments, fan_out_from
 
@@ -22,14 +26,16 @@ def _names(text: str) -> list[str]:
 
 
 class EvalCommand:
-    """Protect the probe photos of the 5 users with every method (baselines, the paper-faithful torch
-    reference, the presets), apply upload transforms, and score them with white-box and black-box
-    recognizers against a gallery. Writes results.json, report.md, report.html and figures/ into
-    the output folder; resumable (protected photos and embeddings are cached)."""
+    """Protect the probe photos of the 5 users with every method (baselines, TIP-IM as published,
+    the presets; every TIP-IM method on the runtime), apply upload transforms, and score them with
+    white-box and black-box recognizers against a gallery. Writes results.json, report.md,
+    report.html and figures/ into the output folder; resumable (protected photos and embeddings are
+    cached)."""
 
     @staticmethod
     def register(sub: argparse._SubParsersAction) -> None:
-        from edgecloak.evaluation.harness import DEFAULT_EVALUATORS, MAIN_METHODS
+        # optional: evaluation code stays out of a device's `import edgecloak.cli.main`; these two are torch-free
+        from edgecloak.evaluation.protocol import DEFAULT_EVALUATORS, MAIN_METHODS
         from edgecloak.evaluation.transforms import UPLOAD_TRANSFORMS
 
         p = sub.add_parser("eval", help="measure protection and image quality", description=EvalCommand.__doc__)
@@ -46,7 +52,8 @@ class EvalCommand:
         p.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
                        help="also evaluate an exported bundle (its surrogates and preset), repeatable")
         p.add_argument("--seed", type=int, default=0, help="seed of every method's random stream")
-        p.add_argument("--backend", default="auto", help="runtime backend for the presets, or 'reference' (torch)")
+        p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                       help=f"runtime backend of every TIP-IM method: auto, {', '.join(BACKENDS)} (default auto)")
         p.add_argument("--far", type=float, default=0.01, help="false-accept rate of the dodging threshold")
         p.add_argument("--cache", type=Path, default=None, help="embedding cache (default $EDGECLOAK_HOME/eval-cache)")
         p.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/results.json")
@@ -55,7 +62,7 @@ class EvalCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from edgecloak.errors import UsageError
+        # optional: the eval extra (torch recognizers, matplotlib), which a device install lacks
         from edgecloak.evaluation.harness import EvalSettings, run_evaluation
         from edgecloak.evaluation.report import headline_markdown, write_report
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from tqdm import tqdm
+
+from edgecloak.runtime.paths import edgecloak_home
+
 
 class ModelsCommand:
     """Fetch (pinned sha256, resumable) and convert the model zoo, or list what is there."""
@@ -22,9 +26,8 @@ class ModelsCommand:
 
     @staticmethod
     def fetch(args: argparse.Namespace) -> int:
-        from tqdm import tqdm
-
-        from edgecloak.export.zoo.fetch import edgecloak_home, fetch_all
+        # optional: export code (model conversion needs the export extra), kept out of a device's CLI start
+        from edgecloak.export.zoo.fetch import fetch_all
         from edgecloak.export.zoo.registry import ensure_detector, ensure_recognizer, recognizer_ids
 
         fetch_all()
@@ -37,7 +40,7 @@ class ModelsCommand:
 
     @staticmethod
     def list(args: argparse.Namespace) -> int:
-        from edgecloak.export.zoo.registry import list_models
+        from edgecloak.export.zoo.registry import list_models  # optional: export code, kept out of a device's CLI start
 
         rows = list_models()
         if args.json:

@@ -25,7 +25,11 @@ from typing import Sequence
 
 import numpy as np
 
+from edgecloak.export.recognizers import Recognizer
+from edgecloak.export.reference.targets import embed_face as embed_with_recognizers
+from edgecloak.export.zoo.registry import ensure_detector, ensure_recognizer
 from edgecloak.runtime.atomic import write_bytes_atomic
+from edgecloak.runtime.detect.mtcnn import MTCNNDetector
 from edgecloak.runtime.face_region import box_iou as iou
 
 # Bump when what is cached changes meaning (alignment, detector post-processing, ...).
@@ -67,10 +71,6 @@ class Evaluators:
     """A set of recognizers (torch, from the zoo) + the MTCNN detector, cached on disk."""
 
     def __init__(self, ids: Sequence[str], cache_dir: Path):
-        from edgecloak.export.recognizers import Recognizer
-        from edgecloak.export.zoo.registry import ensure_detector, ensure_recognizer
-        from edgecloak.runtime.detect.mtcnn import MTCNNDetector
-
         self.ids = list(ids)
         self.cache_dir = Path(cache_dir)
         self.recognizers = [Recognizer.load(i) for i in self.ids]
@@ -105,8 +105,6 @@ class Evaluators:
     # -- embedding ----------------------------------------------------------------------------
     def embed_face(self, image: np.ndarray, landmarks: np.ndarray, digest: str | None = None) -> dict[str, np.ndarray]:
         """Unit embeddings {evaluator id: [D]} of the face at ``landmarks`` (cached per evaluator)."""
-        from edgecloak.export.reference.targets import embed_face
-
         digest = digest or image_digest(image)
         lm_key = hashlib.sha256(np.round(np.asarray(landmarks, np.float64), 3).tobytes()).hexdigest()[:16]
         out, missing = {}, []
@@ -117,7 +115,7 @@ class Evaluators:
             else:
                 missing.append((rec, path))
         if missing:
-            fresh = embed_face(image, np.asarray(landmarks, np.float32), [r for r, _ in missing])
+            fresh = embed_with_recognizers(image, np.asarray(landmarks, np.float32), [r for r, _ in missing])
             for rec, path in missing:
                 vec = fresh[rec.id][0].numpy().astype(np.float32)
                 _save_atomic(path, vec)

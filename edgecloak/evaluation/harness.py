@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -31,17 +32,28 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from edgecloak.batch.executors import fan_out
 from edgecloak.errors import EdgecloakError, UsageError
+from edgecloak.export.reference.targets import one_photo_faces
+from edgecloak.export.zoo.photos import identity_photos, one_photo_identities
+from edgecloak.presets import CHOSEN
+from edgecloak.recipe import resolve
 from edgecloak.runtime.atomic import write_json_atomic
+from edgecloak.runtime.backends import BACKENDS
+from edgecloak.runtime.image_io import load_image, save_image_atomic
+from edgecloak.runtime.paths import edgecloak_home
 
+from .evaluators import Evaluators
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
 from .metrics import psnr, rank_metrics, ssim, threshold_at_far
-from .protocol import split_photos
+from .protocol import DEFAULT_EVALUATORS, MAIN_METHODS, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
 
-DEFAULT_EVALUATORS = ("mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras")
-MAIN_METHODS = ("none", "noise", "blur", "mifgsm", "tipim-reference", "edge", "paper", "balanced")
+# TIP-IM with the paper's published loop settings: one surrogate, N 50, alpha 1.5, eps 12, no input
+# diversity, the last iterate (not the best one seen); run on the runtime like every other method
+PUBLISHED_TIPIM = {"steps": 50, "alpha": 1.5, "eps": 12.0, "diversity": None, "keep_best": False}
 SWEEP_STEPS = (4, 8, 32)  # with the edge preset's 16
 SWEEP_EPS = (4.0, 8.0, 16.0)  # with the default 12
 
@@ -75,51 +87,48 @@ class EvalSettings:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, ProtectionMethod]:
-    """The compared methods by name (see ``methods.py``): baselines, the reference and the presets."""
-    from edgecloak.calibration.presets import CHOSEN, PRESETS, preset
+def preset_method(name: str, backend: str = "auto", seed: int = 0, label: str | None = None,
+                  **kwargs: Any) -> CloakerMethod:
+    """A preset as a compared method: its surrogates and settings (``edgecloak.recipe.resolve``), the
+    evaluation's seed, on the runtime ``backend``; ``kwargs`` are ``CloakerMethod`` fields, and a
+    ``settings`` dict among them overrides the preset's.
 
-    paper, edge = preset("paper"), preset("edge")
+    Example:
+        >>> preset_method("edge", settings={"steps": 4}).config["steps"]
+        4
+    """
+    recipe = resolve(name, settings={**kwargs.pop("settings", {}), "seed": seed})
+    return CloakerMethod(label or name, recipe.surrogates, recipe.settings, backend, **kwargs)
+
+
+def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, ProtectionMethod]:
+    """The compared methods by name (see ``methods.py``): baselines, TIP-IM as published and the
+    presets, every TIP-IM one on the runtime ``backend``."""
     return {
         "none": NoProtection(),
         "noise": NoiseBaseline(eps=12.0),
         "blur": BlurBaseline(sigma=3.0),
-        "mifgsm": CloakerMethod("mifgsm", paper.surrogates, {**paper.settings, "seed": seed}, backend,
-                                untargeted=True, family="baseline"),
-        # the paper as published: one surrogate, N 50, alpha 1.5, no input diversity, last iterate
-        "tipim-reference": CloakerMethod(
-            "tipim-reference", ("mobileface",),
-            {"steps": 50, "alpha": 1.5, "eps": 12.0, "diversity": None, "keep_best": False, "seed": seed}, "reference"),
-        "edge": CloakerMethod("edge", edge.surrogates, {**edge.settings, "seed": seed}, backend),
-        "paper": CloakerMethod("paper", paper.surrogates, {**paper.settings, "seed": seed}, backend),
+        "mifgsm": preset_method("paper", backend, seed, label="mifgsm", untargeted=True, family="baseline"),
+        "tipim-published": CloakerMethod("tipim-published", ("mobileface",), {**PUBLISHED_TIPIM, "seed": seed}, backend),
+        "edge": preset_method("edge", backend, seed),
+        "paper": preset_method("paper", backend, seed),
         # the measured presets (calibration/presets.json), as configured (no self-check retries)
-        **{name: CloakerMethod(name, PRESETS[name].surrogates, {**PRESETS[name].settings, "seed": seed}, backend)
-           for name in CHOSEN if name in PRESETS},
+        **{name: preset_method(name, backend, seed) for name in CHOSEN},
     }
 
 
 def bundle_method(name: str, path: Path, backend: str = "auto", seed: int = 0) -> ProtectionMethod:
-    """An exported bundle as a method: its surrogates, its preset, on ``backend`` (never the reference)."""
-    from edgecloak.runtime.bundle import Bundle
-
-    bundle = Bundle.load(path)
-    return CloakerMethod(name, tuple(s.id for s in bundle.surrogates), {"seed": seed},
-                         "auto" if backend == "reference" else backend, bundle=Path(path))
+    """An exported bundle as a method: its surrogates, its preset, on the runtime ``backend``."""
+    recipe = resolve(bundle=path)
+    return CloakerMethod(name, recipe.surrogates, {"seed": seed}, backend, bundle=Path(path))
 
 
 def sweep_methods(backend: str = "auto", seed: int = 0) -> list[ProtectionMethod]:
     """The edge preset at other iteration counts and budgets (protection vs cost and vs eps)."""
-    from edgecloak.calibration.presets import preset
-
-    edge = preset("edge")
-    out: list[ProtectionMethod] = []
-    for steps in SWEEP_STEPS:
-        out.append(CloakerMethod(f"edge-steps{steps}", edge.surrogates, {**edge.settings, "steps": steps, "seed": seed},
-                                 backend, family="sweep", sweep=("steps", steps)))
-    for eps in SWEEP_EPS:
-        out.append(CloakerMethod(f"edge-eps{eps:g}", edge.surrogates, {**edge.settings, "eps": eps, "seed": seed},
-                                 backend, family="sweep", sweep=("eps", eps)))
-    return out
+    return [*(preset_method("edge", backend, seed, label=f"edge-steps{steps}", settings={"steps": steps},
+                            family="sweep", sweep=("steps", steps)) for steps in SWEEP_STEPS),
+            *(preset_method("edge", backend, seed, label=f"edge-eps{eps:g}", settings={"eps": eps},
+                            family="sweep", sweep=("eps", eps)) for eps in SWEEP_EPS)]
 
 
 @dataclass
@@ -142,14 +151,10 @@ class Gallery:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="photo", disable=not enabled, leave=False)
 
 
 def _versions() -> dict[str, Any]:
-    import importlib.metadata as md
-
     out: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
                            "cpus": os.cpu_count()}
     for pkg in ("edgecloak", "numpy", "onnxruntime", "torch", "opencv-python-headless"):
@@ -167,10 +172,6 @@ def _versions() -> dict[str, Any]:
 
 
 def _build_gallery(split, evaluators, progress: bool) -> Gallery:
-    from edgecloak.export.reference.targets import one_photo_faces
-    from edgecloak.export.zoo.photos import one_photo_identities
-    from edgecloak.runtime.image_io import load_image
-
     held_out = {p for paths in split.optimisation.values() for p in paths}
     labels, paths, rows = [], [], {i: [] for i in evaluators.ids}
     items = [(n, p) for n, ps in sorted(split.photos.items()) for p in ps if p not in held_out]
@@ -203,8 +204,6 @@ def _thresholds(gallery: Gallery, far: float) -> dict[str, float]:
 
 
 def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
-    from edgecloak.runtime.image_io import load_image
-
     probes = []
     for user in users:
         for path in split.probes[user]:
@@ -218,8 +217,6 @@ def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
 
 def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path, progress: bool) -> list[dict]:
     """Protect every probe (or read it back from an earlier run); one record per probe."""
-    from edgecloak.runtime.image_io import save_image_atomic
-
     folder = out / "protected" / f"{method.name}-{method.key()}"
     records, prepared = [], False
     bar = _progress(len(probes), f"protect {method.name}", progress)
@@ -280,8 +277,6 @@ def _score(
     evaluators, gallery: Gallery, thresholds: dict[str, float], all_identities: Sequence[str], progress: bool,
 ) -> tuple[list[dict], list[dict]]:
     """Metric rows per (transform, evaluator) and per-probe outcomes for one method."""
-    from edgecloak.runtime.image_io import load_image
-
     per_probe: list[dict] = []
     outcomes: dict[tuple[str, str], list[dict]] = {}
     bar = _progress(len(records) * len(transforms), f"score {method.name}", progress)
@@ -347,11 +342,8 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
 
     ``extra_methods`` are evaluated after the named ones (the calibration's sweep points).
     """
-    from edgecloak.export.zoo.photos import identity_photos
-    from edgecloak.runtime.paths import edgecloak_home
-
-    from .evaluators import Evaluators
-
+    if settings.backend not in ("auto", *BACKENDS):
+        raise UsageError(f"unknown backend {settings.backend!r}; choose from auto, {', '.join(BACKENDS)}")
     started = time.time()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -385,8 +377,6 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         methods += sweep_methods(settings.backend, settings.seed)
     methods += list(extra_methods)
     if settings.workers > 1 or settings.ray:
-        from edgecloak.batch.executors import fan_out
-
         jobs = [(m, probes, split, out) for m in methods if not _protected_already(m, probes, out)]
         log(f"protecting {len(jobs)} method(s) on {settings.workers} {'Ray' if settings.ray else 'local'} worker(s)")
         for name in fan_out(_protect_job, jobs, settings.workers, settings.ray, settings.ray_address):

@@ -4,8 +4,8 @@ Baselines (no protection, uniform noise at the same eps, Gaussian blur of the fa
 TIP-IM family, all driven through the SDK's ``Cloaker`` so the photos evaluated are exactly what
 users get:
 
-* ``tipim``: TIP-IM on the runtime (or the torch reference with ``backend="reference"``), with the
-  probe's target identities (the other protected users, embedded from their optimisation photos).
+* ``tipim``: TIP-IM on the runtime (any of its backends), with the probe's target identities (the
+  other protected users, embedded from their optimisation photos).
 * ``mifgsm``: untargeted MI-FGSM dodging. With one target whose embedding is the zero vector the
   TIP-IM identity loss ``D(x, t) - D(x, r)`` becomes ``-D(x, r)`` up to a constant, the dodging
   loss, and greedy insertion over one candidate is a no-op: the same loop (momentum, mean-|g|
@@ -29,7 +29,13 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from edgecloak.cloaker import Cloaker
+from edgecloak.policy import SafetyPolicy
+from edgecloak.recipe import Recipe, resolve
+from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.face_region import grown_box as face_region
+from edgecloak.runtime.image_io import load_image
+from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.targets import TargetBank
 
 
@@ -129,9 +135,9 @@ class BlurBaseline(ProtectionMethod):
 class CloakerMethod(ProtectionMethod):
     """TIP-IM (or its untargeted MI-FGSM special case) through the SDK's ``Cloaker``.
 
-    ``backend``: a runtime backend (``auto``, ``onnxruntime``, ...) runs the cached bundle for these
-    surrogates with as many graph targets as the evaluation has target identities (a graph's K
-    costs compute whether used or not); ``reference`` runs the torch reference.
+    ``backend``: the runtime backend (``auto``, ``onnxruntime``, ...) that runs the cached bundle for
+    these surrogates, with as many graph targets as the evaluation has target identities (a
+    graph's K costs compute whether used or not).
     """
 
     name: str = "tipim"
@@ -163,21 +169,16 @@ class CloakerMethod(ProtectionMethod):
         return out
 
     def prepare(self, target_photos):
-        from edgecloak.cloaker import Cloaker, SafetyPolicy
-
         num_targets = 1 if self.untargeted else max(1, len(target_photos) - 1)
         if self.num_targets is not None:
             num_targets = min(num_targets, self.num_targets)
         # every photo emitted and scored; retries only where the method asks (see ``retries``)
         policy = SafetyPolicy(retries=self.retries, on_fail="keep")
-        if self.backend == "reference":
-            self.cloaker = Cloaker.load(backend="reference", surrogates=list(self.surrogates), policy=policy,
-                                        **self.config)
-        else:
-            from edgecloak.export.bundle import default_bundle
-
-            bundle = self.bundle or default_bundle(list(self.surrogates), num_targets)
-            self.cloaker = Cloaker.load(bundle=bundle, backend=self.backend, policy=policy, **self.config)
+        if self.bundle is not None:
+            recipe = resolve(bundle=self.bundle, settings=self.config, policy=policy)
+        else:  # no preset: these surrogates, graphs of the evaluation's K, the method's own settings
+            recipe = Recipe(tuple(self.surrogates), num_targets, TIPIMConfig(**self.config), policy)
+        self.cloaker = Cloaker.from_recipe(recipe, self.backend)
         identities = identity_embeddings(self.cloaker.protector, target_photos)
         self.banks = {}
         for user in target_photos:
@@ -186,7 +187,7 @@ class CloakerMethod(ProtectionMethod):
             else:
                 others = [i for i, n in enumerate(identities.identities) if n != user]
                 bank = identities.select(others[:num_targets])
-            self.banks[user] = like(bank, self.cloaker.targets)
+            self.banks[user] = bank
 
     @property
     def backend_description(self) -> str:
@@ -208,13 +209,11 @@ class CloakerMethod(ProtectionMethod):
             self.cloaker = None
 
 
-def identity_embeddings(protector, photos: Mapping[str, Sequence[Path]]) -> TargetBank:
+def identity_embeddings(protector: RuntimeProtector, photos: Mapping[str, Sequence[Path]]) -> TargetBank:
     """One unit embedding per identity and surrogate: the normalised mean over its photos' largest faces.
 
-    Works with either protector (runtime: numpy; reference: torch); the bank is numpy.
+    ``protector`` is a ``RuntimeProtector`` (numpy embeddings in, a numpy bank out).
     """
-    from edgecloak.runtime.image_io import load_image
-
     names, rows = [], {}
     for name, paths in photos.items():
         per_photo: dict[str, list[np.ndarray]] = {}
@@ -222,20 +221,9 @@ def identity_embeddings(protector, photos: Mapping[str, Sequence[Path]]) -> Targ
             image = load_image(path)
             face = protector.detector.largest_face(image, str(path))
             for sid, emb in protector.embed_face(image, face.landmarks).items():
-                vec = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
-                per_photo.setdefault(sid, []).append(vec[0])
+                per_photo.setdefault(sid, []).append(emb[0])
         names.append(name)
         for sid, vecs in per_photo.items():
             mean = np.mean(vecs, axis=0)
             rows.setdefault(sid, []).append(mean / np.linalg.norm(mean))
     return TargetBank(names, {sid: np.stack(v).astype(np.float32) for sid, v in rows.items()})
-
-
-def like(bank: TargetBank, example: TargetBank) -> TargetBank:
-    """``bank`` with the array type of ``example`` (torch tensors for the reference protector)."""
-    sample = next(iter(example.embeddings.values()))
-    if hasattr(sample, "detach"):
-        import torch
-
-        return TargetBank(bank.identities, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in bank.embeddings.items()})
-    return bank

@@ -1,4 +1,8 @@
-"""The evaluation split: probes, target-optimisation photos and the gallery, deterministically.
+"""The evaluation protocol: the recognizers that score, the methods compared, and the split into
+probes, target-optimisation photos and the gallery, deterministically.
+
+Standard library only (no torch): the CLI builds ``edgecloak eval``'s flags from
+``DEFAULT_EVALUATORS`` and ``MAIN_METHODS`` on every start, a device install's included.
 
 The paper's protocol adapted to the shipped photos: the identities with many photos are the users.
 Each identity's photos are ordered by a hash of their file name (deterministic, and independent of
@@ -22,6 +26,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
+# the recognizers that score every method by default (white-box where a method optimised on them)
+DEFAULT_EVALUATORS = ("mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras")
+# the compared methods run by default: names in ``harness.method_catalogue``
+MAIN_METHODS = ("none", "noise", "blur", "mifgsm", "tipim-published", "edge", "paper", "balanced")
 
 
 def _order_key(path: Path) -> str:

@@ -16,7 +16,11 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
+
+from edgecloak.runtime.face_region import grown_box as face_region
+from edgecloak.runtime.image_io import load_image
 
 # the issue's bars, reported against (not asserted)
 GOALS = {"white_box_rank1_t": 0.95, "black_box_rank1_ut": 0.80, "psnr_face": 30.0}
@@ -25,7 +29,8 @@ GOAL_NAMES = {"white_box_rank1_t": "white-box Rank-1-T", "black_box_rank1_ut": "
 DEFAULT_PRESET_METHOD = "balanced"  # `edgecloak protect`'s default
 LABELS = {
     "none": "no protection", "noise": "uniform noise (eps 12)", "blur": "Gaussian blur (sigma 3)",
-    "mifgsm": "MI-FGSM dodging (untargeted)", "tipim-reference": "TIP-IM, paper-faithful (torch reference)",
+    "mifgsm": "MI-FGSM dodging (untargeted)",
+    "tipim-published": "TIP-IM as published (N 50, no diversity, last iterate)",
     "edge": "edge preset", "paper": "paper preset", "fast": "fast preset", "balanced": "balanced preset (default)",
     "max": "max preset",
 }
@@ -114,7 +119,7 @@ def headline_markdown(results: dict) -> str:
 
 def _goal_lines(results: dict) -> list[str]:
     lines = []
-    for method in dict.fromkeys((DEFAULT_PRESET_METHOD, "paper", "edge", "tipim-reference")):
+    for method in dict.fromkeys((DEFAULT_PRESET_METHOD, "paper", "edge", "tipim-published")):
         s = _summary(results, method)
         if s is None:
             continue
@@ -130,10 +135,10 @@ def _goal_lines(results: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # figures
 def _plt():
-    import matplotlib
+    import matplotlib  # optional: the eval extra's, imported only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: as above; after use("Agg"), so no display is needed
 
     return plt
 
@@ -207,7 +212,7 @@ def _plot_quality(results: dict, path: Path) -> bool:
 
 
 def _plot_robustness(results: dict, path: Path) -> bool:
-    methods = [m for m in ("none", "noise", "blur", "mifgsm", "tipim-reference", "edge", "paper", "balanced")
+    methods = [m for m in ("none", "noise", "blur", "mifgsm", "tipim-published", "edge", "paper", "balanced")
                if _summary(results, m) is not None]
     transforms = list(dict.fromkeys(s["transform"] for s in results["summary"] if s["method"] in methods))
     if len(transforms) < 2 or not methods:
@@ -232,20 +237,14 @@ def _plot_robustness(results: dict, path: Path) -> bool:
 
 
 def _face_crop(image: np.ndarray, box: Sequence[float], size: int = 160) -> np.ndarray:
-    import cv2
-
-    from .methods import face_region
-
     x0, y0, x1, y1 = face_region(box, image.shape, margin=0.15)
     return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _plot_grid(results: dict, path: Path, root: Path, rows: int = 4) -> bool:
     """Real faces: original, protected and difference x10 for the TIP-IM presets."""
-    from edgecloak.runtime.image_io import load_image
-
     records = results["records"]
-    shown = [m for m in ("edge", "paper", "balanced", "tipim-reference") if m in records]
+    shown = [m for m in ("edge", "paper", "balanced", "tipim-published") if m in records]
     if not shown or "none" not in records:
         return False
     plt = _plt()

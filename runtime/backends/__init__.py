@@ -2,7 +2,8 @@
 
 ``--backend auto`` takes the first available of: native TensorRT, ONNX Runtime (which itself
 prefers its TensorRT / CUDA execution providers when onnxruntime-gpu has them, else the CPU).
-torch is never picked automatically: it is the reference, named explicitly.
+torch is never picked automatically: it needs the export extra's torch and the bundle's optional
+torch programs (a workstation, or checking the other backends), so it runs only when named.
 
 Example:
     >>> backend, why = select_backend("auto")
@@ -13,24 +14,25 @@ Example:
 from __future__ import annotations
 
 from .base import Backend, SurrogateEngine, SurrogateFiles
+from .onnxruntime import OnnxRuntimeBackend
+from .pytorch import TorchBackend
+from .tensorrt import TensorRTBackend
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
 AUTO_ORDER = ("tensorrt", "onnxruntime")
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The Backend class for a name in ``BACKENDS`` (imported on demand)."""
-    if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend
+    """The Backend class for a name in ``BACKENDS``.
 
+    Every backend module imports without its engine's library (tensorrt, cuda-python and torch are
+    loaded when an engine is made); ``available()`` says whether one can run here.
+    """
+    if name == "onnxruntime":
         return OnnxRuntimeBackend
     if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
-
         return TensorRTBackend
     if name == "torch":
-        from .pytorch import TorchBackend
-
         return TorchBackend
     raise ValueError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
 

@@ -1,6 +1,6 @@
 """torch backend: the surrogates as ``torch.export`` programs, gradients by autograd (CPU or CUDA).
 
-The reference engine of the runtime: it needs torch, so it is only for workstations and for
+One more engine of the runtime: it needs torch, so it is only for workstations and for
 checking the other backends. It runs the bundle's optional ``<id>.pt2`` programs (export the
 bundle with ``--with-torch``); no edgecloak export code is imported.
 

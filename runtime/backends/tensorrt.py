@@ -156,7 +156,7 @@ class CudaInfo:
 
 def _import_tensorrt():
     try:
-        import tensorrt as trt  # lazy on purpose
+        import tensorrt as trt  # optional: NVIDIA's bindings, on TensorRT machines only
     except Exception as exc:  # ImportError, or a stub wheel failing at import
         raise _Unavailable(f"tensorrt is not importable ({type(exc).__name__}: {exc}); install NVIDIA "
                            f"TensorRT >= {'.'.join(map(str, MIN_TENSORRT))} with its Python bindings "
@@ -174,9 +174,9 @@ def _import_tensorrt():
 
 def _import_cudart():
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
+        from cuda.bindings import runtime as cudart  # optional: cuda-python (>= 12.6 layout)
     except ImportError:
-        from cuda import cudart  # older cuda-python
+        from cuda import cudart  # optional: cuda-python (older layout)
     return cudart
 
 
@@ -435,7 +435,7 @@ def build_serialized_engine(trt, onnx_path: Path, precision: str, max_batch: int
         config.set_flag(fp16)
     else:
         # TensorRT enables TF32 for fp32 convolutions on Ampere and newer (10-bit mantissa):
-        # the fp32 engine must match the reference loop to the pixel, so keep true fp32.
+        # the fp32 engine must match the torch oracle and ONNX Runtime to the pixel, so keep true fp32.
         tf32 = getattr(trt.BuilderFlag, "TF32", None)
         if tf32 is not None:
             config.clear_flag(tf32)
