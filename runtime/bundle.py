@@ -422,8 +422,10 @@ class BundleManifest:
             data = path.read_bytes()
         except OSError as exc:
             raise ModelError(f"{root}: cannot read bundle file {rel} ({exc.strerror}); re-export the bundle") from exc
-        if verify and hashlib.sha256(data).hexdigest() != self.files[rel]:
-            raise ModelError(f"{root}: bundle file {rel} changed while it was read; re-export the bundle")
+        got = hashlib.sha256(data).hexdigest()
+        if verify and got != self.files[rel]:  # damaged before the run, or changed since it was verified
+            raise ModelError(f"{root}: bundle file {rel} does not match its manifest (sha256 {got[:12]}..., "
+                             f"expected {self.files[rel][:12]}...); it was changed or damaged, re-export the bundle")
         return data
 
     # -- writing ------------------------------------------------------------------------------------

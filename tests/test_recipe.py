@@ -82,7 +82,7 @@ def test_a_bundle_brings_its_own_surrogates_k_settings_and_retries(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(edge.root, copy)
     (copy / "preset.json").write_text(json.dumps({"steps": 99}))
-    with pytest.raises(ModelError, match="changed while it was read|does not match"):
+    with pytest.raises(ModelError, match="preset.json does not match its manifest"):
         resolve(bundle=copy)
 
 
