@@ -173,9 +173,29 @@ def test_quick_real_run_measures_protection(quick_eval):
     assert 20 < summary[("edge", "none")]["psnr_face"] < summary[("edge", "none")]["psnr_photo"]
     assert all(r["max_change"] <= 12 for r in results["records"]["edge"])
     assert results["versions"]["onnxruntime"] and results["settings"]["seed"] == 0
+    # protection success rates at FAR 1e-3, on thresholds set on enough impostor pairs to resolve it
+    proto = results["protocol"]
+    assert results["settings"]["far_strict"] == proto["far_strict"] == 1e-3
+    assert set(proto["impostor_pairs"]) == {"mobileface", "faceres-deep"}
+    assert all(n >= 1000 for n in proto["impostor_pairs"].values()) and all(proto["far_strict_resolved"].values())
+    assert all(proto["thresholds_at_far_strict"][e] >= proto["thresholds_at_far"][e] for e in proto["impostor_pairs"])
+    for r in rows.values():
+        assert 0 <= r["psr_dodge_far1e-3"] <= 1 and 0 <= r["psr_target_far1e-3"] <= 1
+        assert r["psr_dodge_far1e-3"] >= r["dodged"]  # a stricter threshold is easier to dodge
+    # the white-box / black-box aggregates as rates: value, n probes, low <= value <= high
+    for s in summary.values():
+        for side in ("white_box", "black_box"):
+            for k in ("rank1_ut", "rank1_t", "psr_dodge_far1e-3", "psr_target_far1e-3"):
+                rate = s[f"{side}_{k}_rate"]
+                if s[f"{side}_rank1_ut"] is None:  # no white-box recognizer (a baseline)
+                    assert rate is None
+                    continue
+                assert rate["n"] == 3 and 0 <= rate["low"] <= rate["value"] <= rate["high"] <= 1
+                assert rate["value"] == pytest.approx(s[f"{side}_{k}"])
     # the report: Markdown with the headline table, self-contained HTML, real PNG figures
     md = (out / "report.md").read_text()
     assert "| method | surrogates | white-box R1-UT" in md and "edge preset" in md
+    assert "black-box PSR dodge @FAR 0.001" in md and "n = 3 probes per cell" in md
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "figures/" not in html
     grid = cv2.imread(str(out / "figures" / "grid.png"))

@@ -6,8 +6,11 @@ probe photo of user A is protected towards A's target identities (the other user
 their optimisation photos, which are in no gallery) and searched in a gallery of A's other photos,
 every other user's gallery photos and the one-photo identities as distractors. Per method,
 transform and recognizer: Rank-1/5-UT, Rank-1/5-T, verification dodging at the recognizer's own
-threshold at ``far`` on clean impostor pairs, and the re-detection rate; per method: PSNR and SSIM
-of the face crop and the whole photo, and seconds per photo.
+threshold at ``far`` on clean impostor pairs, the protection success rates at the stricter
+``far_strict`` (``psr_dodge_far1e-3``, ``psr_target_far1e-3``: see ``metrics``), and the
+re-detection rate; per method: PSNR and SSIM of the face crop and the whole photo, and seconds per
+photo. The white-box and black-box means over recognizers also come as rates with a 95% interval
+(``white_box_rank1_ut_rate`` ...: value, n, low, high), bootstrapped over probes.
 
 Resumable: protected photos are kept under ``out/protected/<method>-<settings hash>/`` and every
 detection and embedding in the cache, so a re-run only computes what is missing.
@@ -47,7 +50,8 @@ from edgecloak.runtime.paths import edgecloak_home
 
 from .evaluators import Evaluators
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
-from .metrics import psnr, rank_metrics, ssim, threshold_at_far
+from .metrics import (Rate, accepted, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
+                      threshold_at_far)
 from .protocol import DEFAULT_EVALUATORS, MAIN_METHODS, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
 
@@ -73,6 +77,7 @@ class EvalSettings:
     seed: int = 0
     backend: str = "auto"
     far: float = 0.01
+    far_strict: float = 1e-3  # the protection success rates' threshold (DiffAM / CLIP2Protect report 1e-3)
     cache_dir: Path | None = None
     bundles: dict[str, Path] = field(default_factory=dict)  # name -> exported bundle, evaluated as methods
     # fan-out: protect the methods' photos in this many workers (local processes, or Ray tasks);
@@ -195,12 +200,14 @@ def _build_gallery(split, evaluators, progress: bool) -> Gallery:
     return Gallery(np.array(labels), paths, {i: np.stack(v) for i, v in rows.items()})
 
 
-def _thresholds(gallery: Gallery, far: float) -> dict[str, float]:
-    """Per evaluator: the cosine threshold at ``far`` over all clean impostor pairs of the gallery."""
-    different = gallery.labels[:, None] != gallery.labels[None, :]
-    upper = np.triu(np.ones_like(different), k=1)
-    pairs = different & upper
-    return {i: threshold_at_far((e @ e.T)[pairs], far) for i, e in gallery.embeddings.items()}
+def _impostors(gallery: Gallery) -> dict[str, np.ndarray]:
+    """Per evaluator: the cosines of all clean impostor pairs of the gallery (each pair once)."""
+    return {i: impostor_scores(e, gallery.labels) for i, e in gallery.embeddings.items()}
+
+
+def _thresholds(impostors: dict[str, np.ndarray], far: float) -> dict[str, float]:
+    """Per evaluator: the cosine threshold at ``far`` over its clean impostor pairs."""
+    return {i: threshold_at_far(scores, far) for i, scores in impostors.items()}
 
 
 def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
@@ -275,8 +282,16 @@ def _protected_already(method: ProtectionMethod, probes: list[Probe], out: Path)
 def _score(
     method: ProtectionMethod, records: list[dict], probes: list[Probe], out: Path, transforms: Sequence[str],
     evaluators, gallery: Gallery, thresholds: dict[str, float], all_identities: Sequence[str], progress: bool,
+    strict: tuple[float, dict[str, float]] = (1e-3, {}),
 ) -> tuple[list[dict], list[dict]]:
-    """Metric rows per (transform, evaluator) and per-probe outcomes for one method."""
+    """Metric rows per (transform, evaluator) and per-probe outcomes for one method.
+
+    ``strict``: (far_strict, its threshold per evaluator), for the protection success rates: the
+    probe's similarity to its user is the max cosine over the user's gallery photos (the probe
+    itself left out), to its targets the max over every target identity's gallery photos (the same
+    target set as Rank-T: the other users; their optimisation photos, which the methods aimed at,
+    are in no gallery)."""
+    dodge_key, target_key = psr_keys(strict[0])
     per_probe: list[dict] = []
     outcomes: dict[tuple[str, str], list[dict]] = {}
     bar = _progress(len(records) * len(transforms), f"score {method.name}", progress)
@@ -294,11 +309,16 @@ def _score(
                 order = np.argsort(-scores)
                 genuine = float(scores[labels == probe.identity].max())
                 outcome = {**m, "dodged": float(genuine <= thresholds[eid]), "redetected": float(redetected)}
+                if eid in strict[1]:
+                    to_target = float(similarity_to(emb[eid][None], g, labels, [targets])[0])
+                    outcome[dodge_key] = float(not accepted(genuine, strict[1][eid]))
+                    outcome[target_key] = float(accepted(to_target, strict[1][eid]))
                 outcomes.setdefault((transform, eid), []).append(outcome)
                 per_probe.append({
                     "method": method.name, "identity": probe.identity, "photo": probe.path.name,
                     "transform": transform, "evaluator": eid, "nearest": str(labels[order[0]]),
-                    "genuine_score": genuine, "target": record["target"], **outcome,
+                    "genuine_score": genuine, "target": record["target"],
+                    **({"target_score": to_target} if eid in strict[1] else {}), **outcome,
                 })
             bar.update()
     bar.close()
@@ -312,8 +332,25 @@ def _score(
     return rows, per_probe
 
 
-def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict]) -> list[dict]:
-    """Per transform: white-box and black-box means over evaluators, plus image quality and cost."""
+RATE_KEYS = ("rank1_ut", "rank1_t")  # with the two protection success rates: the aggregates given as Rates
+
+
+def _outcome_matrix(per_probe: list[dict], transform: str, evaluators: Sequence[str], key: str) -> np.ndarray:
+    """[probes, evaluators] outcomes of one metric (probes in the order they were scored)."""
+    cells = {(p["identity"], p["photo"], p["evaluator"]): p[key] for p in per_probe if p["transform"] == transform}
+    photos = list(dict.fromkeys((p["identity"], p["photo"]) for p in per_probe if p["transform"] == transform))
+    return np.array([[cells[(*photo, e)] for e in evaluators] for photo in photos], dtype=np.float64)
+
+
+def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict], per_probe: Sequence[dict] = (),
+               far_strict: float = 1e-3) -> list[dict]:
+    """Per transform: white-box and black-box means over evaluators, plus image quality and cost.
+
+    From ``per_probe`` also the protection success rates at ``far_strict`` (means over evaluators)
+    and, for Rank-1-UT, Rank-1-T and both rates, ``<side>_<metric>_rate``: a ``Rate`` dict (value, n
+    probes, 95% interval bootstrapped over probes, each probe with all its evaluators' outcomes).
+    """
+    psr = psr_keys(far_strict)
     out = []
     quality = {}
     for k in ("psnr_face", "ssim_face", "psnr_photo", "ssim_photo", "seconds"):
@@ -332,6 +369,14 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict]) 
             chosen = [r for r in rows if r["transform"] == transform and r["white_box"] == flag]
             for k in ("rank1_ut", "rank5_ut", "rank1_t", "rank5_t", "dodged"):
                 summary[f"{side}_{k}"] = float(np.mean([r[k] for r in chosen])) if chosen else None
+            if not per_probe:
+                continue
+            evaluators = [r["evaluator"] for r in chosen]
+            for k in psr:
+                summary[f"{side}_{k}"] = float(np.mean([r[k] for r in chosen])) if chosen else None
+            for k in (*RATE_KEYS, *psr):
+                summary[f"{side}_{k}_rate"] = (Rate.of(_outcome_matrix(per_probe, transform, evaluators, k)).to_dict()
+                                               if chosen else None)
         out.append(summary)
     return out
 
@@ -366,7 +411,14 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
 
     evaluators = Evaluators(settings.evaluators, Path(settings.cache_dir or edgecloak_home() / "eval-cache"))
     gallery = _build_gallery(split, evaluators, progress)
-    thresholds = _thresholds(gallery, settings.far)
+    impostors = _impostors(gallery)
+    thresholds = _thresholds(impostors, settings.far)
+    strict_thresholds = _thresholds(impostors, settings.far_strict)
+    pairs = {i: len(v) for i, v in impostors.items()}
+    unresolved = [i for i, n in pairs.items() if not far_resolved(n, settings.far_strict)]
+    if unresolved:  # the threshold is then the maximum impostor score (no impostor passes)
+        log(f"note: {', '.join(unresolved)}: {min(pairs.values())} impostor pairs cannot resolve FAR "
+            f"{settings.far_strict:g}; its threshold is the highest impostor score")
     probes = _load_probes(split, users, evaluators)
     log(f"{len(probes)} probes of {len(users)} user(s); gallery {len(gallery.labels)} faces "
         f"({len(set(gallery.labels))} identities); evaluators {', '.join(evaluators.ids)}")
@@ -386,10 +438,10 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         records = _protect_all(method, probes, split, out, progress)
         transforms = settings.transforms if method.family != "sweep" else ["none"]
         method_rows, method_probes = _score(method, records, probes, out, transforms, evaluators, gallery, thresholds,
-                                            sorted(photos), progress)
+                                            sorted(photos), progress, (settings.far_strict, strict_thresholds))
         rows += method_rows
         per_probe += method_probes
-        summary += _summaries(method, method_rows, records)
+        summary += _summaries(method, method_rows, records, method_probes, settings.far_strict)
         records_by_method[method.name] = records
         backends[method.name] = sorted({r["backend"] for r in records if r.get("backend")})
         head = next(s for s in summary if s["method"] == method.name and s["transform"] == "none") \
@@ -407,6 +459,9 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
             "optimisation_photos": {n: [p.name for p in ps] for n, ps in split.optimisation.items()},
             "gallery_faces": len(gallery.labels), "gallery_identities": sorted(set(gallery.labels.tolist())),
             "thresholds_at_far": thresholds, "far": settings.far,
+            "thresholds_at_far_strict": strict_thresholds, "far_strict": settings.far_strict,
+            "impostor_pairs": pairs,
+            "far_strict_resolved": {i: far_resolved(n, settings.far_strict) for i, n in pairs.items()},
         },
         "backends": backends,
         "summary": summary,

