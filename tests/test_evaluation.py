@@ -306,3 +306,127 @@ def test_eval_bundle_flag_wants_name_equals_path(tmp_path, capsys):
         assert main(["eval", "-o", str(tmp_path / "out"), "--bundle", bad, "--no-sweeps"]) == UsageError.exit_code
         assert f"--bundle {bad!r}: give NAME=PATH" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()  # refused before the output folder was made
+
+
+# -- leave-one-family-out (cross-family transfer) -----------------------------------------------------
+def test_families_cover_every_default_evaluator_exactly_once():
+    from edgecloak.evaluation.protocol import DEFAULT_EVALUATORS, FAMILIES, family_of
+
+    members = [m for ms in FAMILIES.values() for m in ms]
+    assert sorted(members) == sorted(DEFAULT_EVALUATORS) and len(members) == len(set(members))
+    assert set(FAMILIES) == {"mobileface", "faceres", "facenet"}
+    assert {e: family_of(e) for e in DEFAULT_EVALUATORS} == {
+        "mobileface": "mobileface", "faceres": "faceres", "faceres-deep": "faceres",
+        "facenet-casia": "facenet", "facenet-keras": "facenet"}
+    with pytest.raises(ValueError, match="in no family"):
+        family_of("arcface")
+
+
+def test_cross_family_methods_leave_each_family_out_of_the_surrogates():
+    from edgecloak.evaluation.harness import CROSS_FAMILY, cross_family_methods, preset_method
+    from edgecloak.evaluation.methods import CloakerMethod
+
+    methods = cross_family_methods("balanced", "onnxruntime", seed=4)
+    assert [(m.name, m.surrogates, m.held_out_family) for m in methods] == [
+        ("balanced-without-mobileface", ("faceres", "facenet-casia"), "mobileface"),
+        ("balanced-without-faceres", ("mobileface", "facenet-casia"), "faceres"),
+        ("balanced-without-facenet", ("mobileface", "faceres"), "facenet")]
+    preset = preset_method("balanced", "onnxruntime", 4)
+    for m in methods:
+        assert isinstance(m, CloakerMethod) and m.family == CROSS_FAMILY and m.backend == "onnxruntime"
+        assert m.config == preset.config and m.config["seed"] == 4  # the preset's settings, only the surrogates differ
+    assert preset.held_out_family is None
+    assert len({m.key() for m in methods}) == 3  # each caches its photos apart
+
+    notes = []
+    edge = cross_family_methods("edge", log=notes.append)  # mobileface only: nothing left without it
+    assert [(m.name, m.surrogates) for m in edge] == [("edge-without-faceres", ("mobileface",)),
+                                                      ("edge-without-facenet", ("mobileface",))]
+    assert notes == [("note: edge-without-mobileface skipped: every surrogate of edge (mobileface) is in the "
+                      "mobileface family")]
+    # a family none of the run's evaluators belongs to is skipped too: nothing would score it
+    notes.clear()
+    quick = cross_family_methods("edge", evaluators=["mobileface", "faceres-deep"], log=notes.append)
+    assert [m.name for m in quick] == ["edge-without-faceres"] and len(notes) == 2
+    assert "no evaluator of the facenet family" in notes[1]
+
+
+def test_held_out_scores_in_a_cross_family_summary():
+    """A cross-family method's summary: its held-out family's evaluators only, as means and Rates."""
+    from edgecloak.evaluation.harness import _summaries
+    from edgecloak.evaluation.methods import CloakerMethod
+    from edgecloak.evaluation.metrics import Rate
+
+    method = CloakerMethod("b-without-faceres", ("mobileface", "facenet-casia"), {}, family="cross-family",
+                           held_out_family="faceres")
+    keys = ("rank1_ut", "rank5_ut", "rank1_t", "rank5_t", "dodged", "psr_dodge_far1e-3", "psr_target_far1e-3")
+    outcomes = {("p1", "mobileface"): 1.0, ("p2", "mobileface"): 1.0, ("p1", "faceres"): 1.0,
+                ("p2", "faceres"): 0.0, ("p1", "faceres-deep"): 0.0, ("p2", "faceres-deep"): 0.0}
+    per_probe = [{"method": method.name, "identity": "u", "photo": photo, "transform": "none", "evaluator": e,
+                  **{k: v for k in keys}} for (photo, e), v in outcomes.items()]
+    rows = [{"method": method.name, "transform": "none", "evaluator": e, "white_box": e in method.surrogates, "n": 2,
+             **{k: float(np.mean([p[k] for p in per_probe if p["evaluator"] == e])) for k in keys}}
+            for e in ("mobileface", "faceres", "faceres-deep")]
+    records = [{"psnr_face": 30.0, "ssim_face": 0.9, "psnr_photo": 35.0, "ssim_photo": 0.95, "seconds": 1.0}] * 2
+    (summary,) = _summaries(method, rows, records, per_probe)
+    assert summary["held_out_family"] == "faceres" and summary["held_out_evaluators"] == ["faceres", "faceres-deep"]
+    assert summary["held_out_rank1_ut"] == pytest.approx(0.25)  # (1 + 0 + 0 + 0) / 4; mobileface left out
+    assert summary["held_out_rank1_ut_rate"] == Rate.of(np.array([0.5, 0.0])).to_dict()
+    assert summary["held_out_psr_dodge_far1e-3_rate"]["n"] == 2
+    assert summary["white_box_rank1_ut"] == 1.0  # mobileface is still its white-box recognizer
+    other = CloakerMethod("edge", ("mobileface",), {})
+    assert _summaries(other, rows, records, per_probe)[0]["held_out_family"] is None
+
+
+def test_cross_family_report_table():
+    from edgecloak.evaluation.report import cross_family_rows
+
+    rate = {"value": 0.5, "n": 4, "low": 0.25, "high": 0.75}
+    results = {"settings": {"far_strict": 1e-3}, "cross_family": {"edge": {
+        "metrics": ["rank1_ut", "psr_dodge_far1e-3"], "surrogates": {"faceres": ["mobileface"]},
+        "scored_on": {"faceres": ["faceres", "faceres-deep"]}, "skipped": ["mobileface", "facenet"],
+        "matrix": {"faceres": {"rank1_ut": rate, "psr_dodge_far1e-3": None}},
+        "mean": {"rank1_ut": rate, "psr_dodge_far1e-3": None}}}}
+    headers, rows = cross_family_rows(results, "edge")
+    assert headers == ["held-out family", "optimised on", "scored on", "Rank-1-UT", "PSR dodge @FAR 0.001", "n"]
+    assert rows == [["faceres", "mobileface", "faceres, faceres-deep", "0.50 [0.25, 0.75]", "-", 4],
+                    ["mean over families", "-", "-", "0.50 [0.25, 0.75]", "-", 4]]
+
+
+def test_eval_refuses_an_unknown_cross_family_preset_with_one_line(tmp_path, capsys):
+    from edgecloak.cli.main import main
+    from edgecloak.errors import UsageError
+    from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+
+    assert UsageError.exit_code == 2
+    args = ["eval", "-o", str(tmp_path / "out"), "--cross-family", "edge", "--cross-family", "balanced,magic"]
+    assert main(args) == UsageError.exit_code
+    assert "unknown preset 'magic'; choose one of" in one_line_error(capsys)
+    with pytest.raises(UsageError, match="unknown preset 'magic'"):
+        run_evaluation(EvalSettings(out=tmp_path / "out", cross_family=("magic",)))
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_quick_real_run_with_cross_family_transfer(quick_eval, tmp_path):
+    """`--cross-family edge` on the quick run: the edge preset without faceres (its surrogates
+    unchanged: mobileface) scored on faceres-deep only; mobileface (no surrogate left) and facenet
+    (no evaluator) are skipped."""
+    from edgecloak.cli.main import main
+
+    _, cache = quick_eval
+    out = tmp_path / "cf"
+    assert main(["eval", "-o", str(out), "--cache", str(cache), *QUICK_ARGS, "--methods", "edge",
+                 "--cross-family", "edge"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    section = results["cross_family"]["edge"]
+    assert section["methods"] == {"faceres": "edge-without-faceres"} and section["skipped"] == ["mobileface", "facenet"]
+    assert section["scored_on"] == {"faceres": ["faceres-deep"]}
+    cell = section["matrix"]["faceres"]["rank1_ut"]
+    summary = {(s["method"], s["transform"]): s for s in results["summary"]}
+    held = summary[("edge-without-faceres", "none")]
+    assert ("edge-without-faceres", "jpeg75") not in summary  # scored on the clean upload only
+    assert held["held_out_rank1_ut_rate"] == cell == section["mean"]["rank1_ut"] and cell["n"] == 3
+    # the same recipe and seed as the edge preset: the same photos, so the same faceres-deep score
+    assert held["held_out_rank1_ut"] == pytest.approx(summary[("edge", "none")]["black_box_rank1_ut"])
+    assert "Cross-family transfer (leave one family out): edge" in (out / "report.md").read_text()

@@ -187,3 +187,52 @@ def test_rate_falls_back_to_wilson_where_the_bootstrap_is_a_point():
     assert (r.low, r.high) == pytest.approx(wilson_interval(15, 15)) and r.high == 1.0 and r.low < 0.81
     r = Rate.of(np.zeros((15, 2)))
     assert r.value == 0.0 and r.low == 0.0 and r.high == pytest.approx(wilson_interval(0, 15)[1])
+
+
+# -- leave-one-family-out aggregation (cross-family transfer) ------------------------------------------
+def _outcome(method, probe, evaluator, rank1_ut, transform="none"):
+    identity, photo = probe
+    return {"method": method, "identity": identity, "photo": photo, "transform": transform,
+            "evaluator": evaluator, "rank1_ut": rank1_ut, "psr_dodge_far1e-3": 1.0 - rank1_ut}
+
+
+def test_cross_family_matrix_and_mean_on_hand_made_outcomes():
+    from edgecloak.evaluation.harness import cross_family_table
+
+    p1, p2, p3 = ("u", "1.jpg"), ("u", "2.jpg"), ("v", "1.jpg")
+    per_probe = [
+        # mobileface held out: one recognizer, probes 1, 0, 1
+        *(_outcome("b-without-mobileface", p, "mobileface", v) for p, v in ((p1, 1), (p2, 0), (p3, 1))),
+        # faceres held out: a probe's value is its mean over the family's two recognizers: 0.5, 1, 0
+        *(_outcome("b-without-faceres", p, e, v) for p, e, v in ((p1, "faceres", 1), (p1, "faceres-deep", 0),
+                                                                  (p2, "faceres", 1), (p2, "faceres-deep", 1),
+                                                                  (p3, "faceres", 0), (p3, "faceres-deep", 0))),
+        # facenet held out: probe 3 was not scored there
+        *(_outcome("b-without-facenet", p, "facenet-casia", v) for p, v in ((p1, 0), (p2, 1))),
+        # ignored: a surrogate's (white-box) score, another transform, another method
+        _outcome("b-without-faceres", p1, "mobileface", 1), _outcome("b-without-faceres", p3, "faceres", 1, "jpeg75"),
+        _outcome("balanced", p3, "faceres", 1),
+    ]
+    held_out = {"mobileface": ("b-without-mobileface", ["mobileface"]),
+                "faceres": ("b-without-faceres", ["faceres", "faceres-deep"]),
+                "facenet": ("b-without-facenet", ["facenet-casia"])}
+    table = cross_family_table(per_probe, held_out, ["rank1_ut", "psr_dodge_far1e-3"])
+    matrix, mean = table["matrix"], table["mean"]
+    assert list(matrix) == ["mobileface", "faceres", "facenet"]
+    assert matrix["mobileface"]["rank1_ut"]["value"] == pytest.approx(2 / 3)
+    assert matrix["faceres"]["rank1_ut"]["value"] == pytest.approx(0.5)
+    assert matrix["facenet"]["rank1_ut"]["value"] == pytest.approx(0.5)
+    assert [matrix[f]["rank1_ut"]["n"] for f in matrix] == [3, 3, 2]
+    # per probe, the mean over the families it was scored in: (1 + .5 + 0) / 3, (0 + 1 + 1) / 3, (1 + 0) / 2
+    per_probe_means = np.array([0.5, 2 / 3, 0.5])
+    assert mean["rank1_ut"] == Rate.of(per_probe_means).to_dict()
+    assert mean["rank1_ut"]["value"] == pytest.approx(per_probe_means.mean()) and mean["rank1_ut"]["n"] == 3
+    assert mean["psr_dodge_far1e-3"]["value"] == pytest.approx(1 - per_probe_means.mean())
+    for family in matrix:  # every cell is a Rate: value inside its interval
+        for d in matrix[family].values():
+            assert 0 <= d["low"] <= d["value"] <= d["high"] <= 1
+    # a family nothing scored: None cells, and the mean is over the others
+    empty = cross_family_table(per_probe, {**held_out, "facenet": ("b-without-facenet", ["facenet-keras"])},
+                               ["rank1_ut"])
+    assert empty["matrix"]["facenet"]["rank1_ut"] is None
+    assert empty["mean"]["rank1_ut"]["value"] == pytest.approx(np.mean([(1 + 0.5) / 2, (0 + 1) / 2, (1 + 0) / 2]))

@@ -4,6 +4,7 @@ Example:
     $ edgecloak eval -o eval-out/ --quick          # ~1-2 min: 5 probes, 3 methods, 2 recognizers
     $ edgecloak eval -o eval-out/                  # the full protocol (README table)
     $ edgecloak eval -o eval-out/ --methods tipim-published --no-sweeps --backend onnxruntime   # one row
+    $ edgecloak eval -o eval-out/ --cross-family balanced   # + leave-one-family-out transfer of a preset
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class EvalCommand:
         p.add_argument("--no-sweeps", action="store_true", help="skip the edge preset's iteration and eps sweeps")
         p.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
                        help="also evaluate an exported bundle (its surrogates and preset), repeatable")
+        p.add_argument("--cross-family", action="append", type=_names, default=[], metavar="PRESET",
+                       help="also judge a preset by leave-one-family-out transfer: per recognizer family, optimise "
+                            "on its surrogates outside the family, score on the family only (clean upload); "
+                            "repeatable or comma-separated")
         p.add_argument("--seed", type=int, default=0, help="seed of every method's random stream")
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                        help=f"runtime backend of every TIP-IM method: auto, {', '.join(BACKENDS)} (default auto)")
@@ -65,6 +70,7 @@ class EvalCommand:
         # optional: the eval extra (torch recognizers, matplotlib), which a device install lacks
         from edgecloak.evaluation.harness import EvalSettings, run_evaluation
         from edgecloak.evaluation.report import headline_markdown, write_report
+        from edgecloak.recipe import resolve
 
         if args.report_only:
             path = args.out / "results.json"
@@ -87,8 +93,12 @@ class EvalCommand:
                 if not sep or not name or not path:
                     raise UsageError(f"--bundle {item!r}: give NAME=PATH")
                 bundles[name] = Path(path)
+            cross_family = tuple(dict.fromkeys(n for names in args.cross_family for n in names))
+            for preset in cross_family:
+                resolve(preset)  # an unknown preset: one UsageError line, before any work
             settings = EvalSettings(out=args.out, identities=args.identities, seed=args.seed, backend=args.backend,
-                                    far=args.far, cache_dir=args.cache, bundles=bundles, **fan_out_from(args), **chosen)
+                                    far=args.far, cache_dir=args.cache, bundles=bundles, cross_family=cross_family,
+                                    **fan_out_from(args), **chosen)
             results = run_evaluation(settings)
         report = write_report(results, args.out)
         print()

@@ -12,6 +12,12 @@ re-detection rate; per method: PSNR and SSIM of the face crop and the whole phot
 photo. The white-box and black-box means over recognizers also come as rates with a 95% interval
 (``white_box_rank1_ut_rate`` ...: value, n, low, high), bootstrapped over probes.
 
+Cross-family transfer (``EvalSettings.cross_family``, leave one family out): for each recognizer
+family F (``protocol.FAMILIES``) a preset is re-run on its surrogates outside F
+(``cross_family_methods``) and scored on F's members only (``held_out_*`` in its summary); the
+results' ``cross_family`` section has, per preset, the matrix family x metric and its mean over
+families (``cross_family_table``). These methods are scored on the clean upload only.
+
 Resumable: protected photos are kept under ``out/protected/<method>-<settings hash>/`` and every
 detection and embedding in the cache, so a re-run only computes what is missing.
 
@@ -52,7 +58,7 @@ from .evaluators import Evaluators
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
 from .metrics import (Rate, accepted, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
                       threshold_at_far)
-from .protocol import DEFAULT_EVALUATORS, MAIN_METHODS, split_photos
+from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
 
 # TIP-IM with the paper's published loop settings: one surrogate, N 50, alpha 1.5, eps 12, no input
@@ -60,6 +66,7 @@ from .transforms import UPLOAD_TRANSFORMS, apply_transform
 PUBLISHED_TIPIM = {"steps": 50, "alpha": 1.5, "eps": 12.0, "diversity": None, "keep_best": False}
 SWEEP_STEPS = (4, 8, 32)  # with the edge preset's 16
 SWEEP_EPS = (4.0, 8.0, 16.0)  # with the default 12
+CROSS_FAMILY = "cross-family"  # the ``family`` of the leave-one-family-out methods
 
 
 @dataclass
@@ -85,6 +92,8 @@ class EvalSettings:
     workers: int = 1
     ray: bool = False
     ray_address: str | None = None
+    # presets judged by leave-one-family-out (``cross_family_methods``), scored on clean uploads
+    cross_family: Sequence[str] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,6 +143,80 @@ def sweep_methods(backend: str = "auto", seed: int = 0) -> list[ProtectionMethod
                             family="sweep", sweep=("steps", steps)) for steps in SWEEP_STEPS),
             *(preset_method("edge", backend, seed, label=f"edge-eps{eps:g}", settings={"eps": eps},
                             family="sweep", sweep=("eps", eps)) for eps in SWEEP_EPS)]
+
+
+def cross_family_methods(preset: str, backend: str = "auto", seed: int = 0, evaluators: Sequence[str] | None = None,
+                         log: Callable[[str], None] | None = None) -> list[ProtectionMethod]:
+    """Leave-one-family-out for ``preset``: per recognizer family F (``protocol.FAMILIES``), the preset
+    on its surrogates outside F, named ``<preset>-without-<F>`` and marked ``held_out_family=F``.
+
+    A family is skipped (a ``note:`` through ``log``) when none of the preset's surrogates remain
+    without it, or, given the run's ``evaluators``, when none of F's members is among them (nothing
+    would score it). An unknown preset is a ``UsageError``.
+
+    Example:
+        >>> [(m.name, m.surrogates) for m in cross_family_methods("paper")]
+        [('paper-without-mobileface', ('faceres',)), ('paper-without-faceres', ('mobileface',)), ('paper-without-facenet', ('mobileface', 'faceres'))]
+    """
+    surrogates = resolve(preset).surrogates
+    methods: list[ProtectionMethod] = []
+    for family, members in FAMILIES.items():
+        name = f"{preset}-without-{family}"
+        remaining = tuple(s for s in surrogates if s not in members)
+        if not remaining:
+            reason = f"every surrogate of {preset} ({'+'.join(surrogates)}) is in the {family} family"
+        elif evaluators is not None and not any(e in members for e in evaluators):
+            reason = f"no evaluator of the {family} family ({', '.join(members)}) in this run"
+        else:
+            recipe = resolve(preset, surrogates=remaining, settings={"seed": seed})
+            methods.append(CloakerMethod(name, recipe.surrogates, recipe.settings, backend, family=CROSS_FAMILY,
+                                         held_out_family=family))
+            continue
+        if log is not None:
+            log(f"note: {name} skipped: {reason}")
+    return methods
+
+
+def held_out_values(per_probe: Sequence[dict], method: str, evaluators: Sequence[str], key: str,
+                    transform: str = "none") -> dict[tuple[str, str], float]:
+    """Per probe ``(identity, photo)``: the mean of outcome ``key`` over ``evaluators`` for ``method``
+    (in the order the probes were scored)."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for p in per_probe:
+        if p["method"] == method and p["transform"] == transform and p["evaluator"] in evaluators and key in p:
+            cells.setdefault((p["identity"], p["photo"]), []).append(p[key])
+    return {probe: float(np.mean(v)) for probe, v in cells.items()}
+
+
+def cross_family_table(per_probe: Sequence[dict], held_out: dict[str, tuple[str, Sequence[str]]],
+                       keys: Sequence[str], transform: str = "none") -> dict[str, Any]:
+    """The leave-one-family-out matrix and its mean over families, from per-probe outcomes.
+
+    ``held_out``: family -> (the method that left it out, the family's evaluators it is scored on).
+    ``matrix[family][key]``: a ``Rate`` dict over probes, each probe's value the mean of ``key`` over
+    the family's evaluators. ``mean[key]``: a probe's cross-family value is its mean over the
+    families it was scored in, and the Rate is over those (bootstrapped over probes). None where
+    nothing was scored.
+
+    Example:
+        >>> rows = [{"method": "m-without-a", "identity": "u", "photo": p, "transform": "none",
+        ...          "evaluator": "a1", "rank1_ut": v} for p, v in (("1.jpg", 1.0), ("2.jpg", 0.0))]
+        >>> t = cross_family_table(rows, {"a": ("m-without-a", ["a1"])}, ["rank1_ut"])
+        >>> t["matrix"]["a"]["rank1_ut"]["value"], t["mean"]["rank1_ut"]["n"]
+        (0.5, 2)
+    """
+    matrix: dict[str, dict[str, Any]] = {}
+    by_probe: dict[str, dict[tuple[str, str], list[float]]] = {k: {} for k in keys}
+    for family, (method, evaluators) in held_out.items():
+        matrix[family] = {}
+        for k in keys:
+            values = held_out_values(per_probe, method, evaluators, k, transform)
+            matrix[family][k] = Rate.of(np.array(list(values.values()))).to_dict() if values else None
+            for probe, v in values.items():
+                by_probe[k].setdefault(probe, []).append(v)
+    mean = {k: Rate.of(np.array([np.mean(v) for v in by_probe[k].values()])).to_dict() if by_probe[k] else None
+            for k in keys}
+    return {"matrix": matrix, "mean": mean}
 
 
 @dataclass
@@ -349,6 +432,10 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict], 
     From ``per_probe`` also the protection success rates at ``far_strict`` (means over evaluators)
     and, for Rank-1-UT, Rank-1-T and both rates, ``<side>_<metric>_rate``: a ``Rate`` dict (value, n
     probes, 95% interval bootstrapped over probes, each probe with all its evaluators' outcomes).
+
+    Every summary has ``held_out_family`` (None but for leave-one-family-out methods); those also get
+    ``held_out_evaluators`` (the family's members among the run's evaluators), ``held_out_rank1_ut``
+    and ``held_out_<PSR dodge key>``, each with its ``_rate`` dict, scored on those evaluators only.
     """
     psr = psr_keys(far_strict)
     out = []
@@ -364,7 +451,16 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict], 
                    "steps": float(np.mean(steps)) if steps else None,
                    "surrogates": list(method.surrogates), "sweep": list(method.sweep) if method.sweep else None,
                    "settings": method.settings(), "failed": sum(1 for r in records if r.get("failed")),
-                   "probes": len(records), **quality}
+                   "probes": len(records), "held_out_family": getattr(method, "held_out_family", None), **quality}
+        if summary["held_out_family"] is not None:  # leave-one-family-out: scored on the family's members only
+            members = FAMILIES[summary["held_out_family"]]
+            held = [r for r in rows if r["transform"] == transform and r["evaluator"] in members]
+            summary["held_out_evaluators"] = [r["evaluator"] for r in held]
+            for k in ("rank1_ut", psr[0]):
+                present = [r[k] for r in held if k in r]
+                summary[f"held_out_{k}"] = float(np.mean(present)) if present else None
+                values = held_out_values(per_probe, method.name, summary["held_out_evaluators"], k, transform)
+                summary[f"held_out_{k}_rate"] = Rate.of(np.array(list(values.values()))).to_dict() if values else None
         for side, flag in (("white_box", True), ("black_box", False)):
             chosen = [r for r in rows if r["transform"] == transform and r["white_box"] == flag]
             for k in ("rank1_ut", "rank5_ut", "rank1_t", "rank5_t", "dodged"):
@@ -389,6 +485,9 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
     """
     if settings.backend not in ("auto", *BACKENDS):
         raise UsageError(f"unknown backend {settings.backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    # leave-one-family-out methods per preset (an unknown preset: UsageError, before any work)
+    cross = {preset: cross_family_methods(preset, settings.backend, settings.seed, settings.evaluators, log)
+             for preset in dict.fromkeys(settings.cross_family)}
     started = time.time()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -427,6 +526,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
     methods += [bundle_method(name, path, settings.backend, settings.seed) for name, path in settings.bundles.items()]
     if settings.sweeps:
         methods += sweep_methods(settings.backend, settings.seed)
+    methods += [m for cf in cross.values() for m in cf]
     methods += list(extra_methods)
     if settings.workers > 1 or settings.ray:
         jobs = [(m, probes, split, out) for m in methods if not _protected_already(m, probes, out)]
@@ -434,9 +534,10 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         for name in fan_out(_protect_job, jobs, settings.workers, settings.ray, settings.ray_address):
             log(f"{name:>16}: protected")
     rows, summary, per_probe, records_by_method, backends = [], [], [], {}, {}
+    dodge_key = psr_keys(settings.far_strict)[0]
     for method in methods:
         records = _protect_all(method, probes, split, out, progress)
-        transforms = settings.transforms if method.family != "sweep" else ["none"]
+        transforms = settings.transforms if method.family not in ("sweep", CROSS_FAMILY) else ["none"]
         method_rows, method_probes = _score(method, records, probes, out, transforms, evaluators, gallery, thresholds,
                                             sorted(photos), progress, (settings.far_strict, strict_thresholds))
         rows += method_rows
@@ -449,7 +550,22 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         log(f"{method.name:>16}: white-box R1-UT {_fmt(head['white_box_rank1_ut'])} R1-T {_fmt(head['white_box_rank1_t'])}"
             f" | black-box R1-UT {_fmt(head['black_box_rank1_ut'])} R1-T {_fmt(head['black_box_rank1_t'])}"
             f" | PSNR face {_fmt(head['psnr_face'], 1)} dB, {head['seconds']:.1f} s/photo")
+        if head.get("held_out_family"):
+            log(f"{'':>16}  held-out {head['held_out_family']} ({', '.join(head['held_out_evaluators'])}): "
+                f"R1-UT {_fmt(head['held_out_rank1_ut'])}, PSR dodge {_fmt(head.get(f'held_out_{dodge_key}'))}")
 
+    cross_family = {}
+    for preset, cf_methods in cross.items():
+        held = {m.held_out_family: (m.name, [e for e in evaluators.ids if e in FAMILIES[m.held_out_family]])
+                for m in cf_methods}
+        cross_family[preset] = {
+            "transform": "none", "metrics": ["rank1_ut", dodge_key],
+            "methods": {f: name for f, (name, _) in held.items()},
+            "surrogates": {m.held_out_family: list(m.surrogates) for m in cf_methods},
+            "scored_on": {f: members for f, (_, members) in held.items()},
+            "skipped": [f for f in FAMILIES if f not in held],
+            **cross_family_table(per_probe, held, ("rank1_ut", dodge_key)),
+        }
     results = {
         "settings": settings.to_dict(),
         "versions": _versions(),
@@ -465,6 +581,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         },
         "backends": backends,
         "summary": summary,
+        "cross_family": cross_family,
         "rows": rows,
         "per_probe": per_probe,
         "records": records_by_method,

@@ -152,6 +152,9 @@ class CloakerMethod(ProtectionMethod):
     # retries the method is the SDK's whole adaptive budget and its seconds include the retries
     retries: int = 0
     num_targets: int | None = None  # chase only the first K target identities (graphs of that K)
+    # leave-one-family-out: the recognizer family (``protocol.FAMILIES``) whose members were taken out
+    # of the surrogates; the method's held-out score is on that family's evaluators only
+    held_out_family: str | None = None
 
     def __post_init__(self) -> None:
         self.cloaker = None

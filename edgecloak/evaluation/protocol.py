@@ -18,6 +18,11 @@ Example:
     >>> split = split_photos({"a": [Path(f"a{i}.jpg") for i in range(8)]}, 2, 3)
     >>> len(split.probes["a"]), len(split.optimisation["a"]), len(split.gallery_for(split.probes["a"][0]))
     (2, 3, 4)
+
+Recognizer families (``FAMILIES``): models of one lineage (architecture and training recipe) transfer
+to each other far better than across lineages, so "black-box" on a sibling of a surrogate is a
+weaker claim than black-box on another family. Leave-one-family-out (``harness.cross_family_methods``)
+optimises on the surrogates outside a family and scores on that family's members only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,31 @@ from typing import Mapping, Sequence
 DEFAULT_EVALUATORS = ("mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras")
 # the compared methods run by default: names in ``harness.method_catalogue``
 MAIN_METHODS = ("none", "noise", "blur", "mifgsm", "tipim-published", "edge", "paper", "balanced")
+# recognizer families (family name -> recognizer ids): faceres-deep is faceres's deeper sibling,
+# facenet-keras another FaceNet next to facenet-casia, mobileface stands alone
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "mobileface": ("mobileface",),
+    "faceres": ("faceres", "faceres-deep"),
+    "facenet": ("facenet-casia", "facenet-keras"),
+}
+
+
+def family_of(recognizer_id: str) -> str:
+    """The family (a key of ``FAMILIES``) a recognizer belongs to; ``ValueError`` for an unknown id.
+
+    Example:
+        >>> family_of("faceres-deep"), family_of("facenet-casia"), family_of("mobileface")
+        ('faceres', 'facenet', 'mobileface')
+        >>> family_of("arcface")
+        Traceback (most recent call last):
+        ...
+        ValueError: recognizer 'arcface' is in no family; known: mobileface, faceres, faceres-deep, facenet-casia, facenet-keras
+    """
+    for family, members in FAMILIES.items():
+        if recognizer_id in members:
+            return family
+    known = ", ".join(m for members in FAMILIES.values() for m in members)
+    raise ValueError(f"recognizer {recognizer_id!r} is in no family; known: {known}")
 
 
 def _order_key(path: Path) -> str:
