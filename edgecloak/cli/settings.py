@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecloak.errors import UsageError
-from edgecloak.policy import ON_FAIL_POLICIES
+from edgecloak.policy import ON_FAIL_POLICIES, SafetyPolicy
 from edgecloak.recipe import Recipe, resolve
 from edgecloak.runtime.config import TIPIMConfig
 
@@ -67,7 +67,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, default_preset: str | 
                         help=f"surrogates, K, loop settings and retries to start from (default {default}; "
                              "fast / balanced / max are measured, paper / edge fixed)")
     if bundle:
-        parser.add_argument("--bundle", type=_path, default=None,
+        parser.add_argument("--bundle", type=Path, default=None,
                             help="a cloak bundle folder (edgecloak export) instead of the preset's cached one")
 
 
@@ -80,25 +80,26 @@ def recipe_from(args: argparse.Namespace, default_preset: str | None = None, pol
                    policy=_policy_flags(args) if policy else None, **overrides)
 
 
-def _path(text: str) -> Path:
-    return Path(text)
-
-
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --on-fail --min-margin --retries --min-face (the self-check, see ``SafetyPolicy``)."""
-    parser.add_argument("--on-fail", choices=ON_FAIL_POLICIES, default="drop",
-                        help="a face that fails the self-check: drop the photo (default), hide the face "
-                             "under a mosaic, or keep it as is")
-    parser.add_argument("--min-margin", type=float, default=0.0,
-                        help="self-check: surrogate mean of cos(target) - cos(original) a face must exceed (default 0)")
+    """Add --on-fail --min-margin --retries --min-face (the self-check, see ``SafetyPolicy``); unset
+    flags keep ``SafetyPolicy``'s defaults (and the recipe's retries)."""
+    default = SafetyPolicy()
+    parser.add_argument("--on-fail", choices=ON_FAIL_POLICIES, default=None,
+                        help=f"a face that fails the self-check: drop the photo, hide the face under a mosaic, "
+                             f"or keep it as is (default {default.on_fail})")
+    parser.add_argument("--min-margin", type=float, default=None,
+                        help="self-check: surrogate mean of cos(target) - cos(original) a face must exceed "
+                             f"(default {default.min_margin:g})")
     parser.add_argument("--retries", type=int, default=None,
                         help="re-runs of a failing face, each with twice the steps (default: the preset's, or the one "
                              "a --bundle was exported for)")
-    parser.add_argument("--min-face", type=int, default=32, help="faces smaller than this (px) count as failed")
+    parser.add_argument("--min-face", type=int, default=None,
+                        help=f"faces smaller than this (px) count as failed (default {default.min_face})")
 
 
 def _policy_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The SafetyPolicy fields the user set (--retries unset: the preset's or the bundle's)."""
+    """The SafetyPolicy fields the user set (None: unset; ``resolve`` keeps the default, or for
+    --retries the preset's or the bundle's)."""
     return {"min_margin": args.min_margin, "retries": args.retries, "min_face": args.min_face,
             "on_fail": args.on_fail}
 
