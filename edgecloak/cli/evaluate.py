@@ -1,7 +1,7 @@
 """``edgecloak eval``: measured protection (white/black-box ranks, dodging, quality, robustness).
 
 Example:
-    $ edgecloak eval -o eval-out/ --quick          # ~1-2 min: 5 probes, 3 methods, 2 recognizers
+    $ edgecloak eval -o eval-out/ --quick          # ~2 min: 10 probes, 3 methods, 2 recognizers
     $ edgecloak eval -o eval-out/                  # the full protocol (README table)
     $ edgecloak eval -o eval-out/ --methods tipim-published --no-sweeps --backend onnxruntime   # one row
     $ edgecloak eval -o eval-out/ --cross-family balanced   # + leave-one-family-out transfer of a preset
@@ -43,8 +43,10 @@ class EvalCommand:
         p.add_argument("-o", "--out", type=Path, required=True, help="output folder (results, report, protected photos)")
         p.add_argument("--quick", action="store_true",
                        help="a small run: 1 probe per user, none/noise/edge, mobileface + faceres-deep, none/jpeg75")
-        p.add_argument("--probes", type=int, default=None, help="probe photos per user (default 3)")
-        p.add_argument("--identities", type=_names, default=None, help="comma-separated users to probe (default: all 5)")
+        p.add_argument("--probes", type=int, default=None, help="probe photos per user (default 4: 40 probes)")
+        p.add_argument("--identities", type=_names, default=None, help="comma-separated users to probe (default: all 10)")
+        p.add_argument("--no-distractors", action="store_true",
+                       help="leave the 612 gallery-only faces out (a smaller gallery; FAR 1e-3 is then not resolved)")
         p.add_argument("--methods", type=_names, default=None, help=f"comma-separated, from {','.join(MAIN_METHODS)}")
         p.add_argument("--evaluators", type=_names, default=None,
                        help=f"comma-separated recognizers (default {','.join(DEFAULT_EVALUATORS)})")
@@ -85,6 +87,8 @@ class EvalCommand:
                     chosen[key] = value
             if args.no_sweeps:
                 chosen["sweeps"] = False
+            if args.no_distractors:
+                chosen["distractors"] = False
             if chosen.get("probes_per_identity", 1) < 1:
                 raise UsageError("--probes must be >= 1")
             bundles = {}

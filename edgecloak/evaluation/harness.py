@@ -46,7 +46,8 @@ from tqdm import tqdm
 from edgecloak.batch.executors import fan_out
 from edgecloak.errors import EdgecloakError, UsageError
 from edgecloak.export.reference.targets import one_photo_faces
-from edgecloak.export.zoo.photos import identity_photos, one_photo_identities
+from edgecloak.export.zoo.photos import (distractor_photos, identity_photos, load_face_photo, more_identity_photos,
+                                        one_photo_identities)
 from edgecloak.presets import CHOSEN
 from edgecloak.recipe import resolve
 from edgecloak.runtime.atomic import write_json_atomic
@@ -74,9 +75,12 @@ class EvalSettings:
     """Everything a run depends on (recorded in results.json)."""
 
     out: Path
-    probes_per_identity: int = 3
+    probes_per_identity: int = 4
     targets_per_identity: int = 3
     identities: Sequence[str] | None = None  # users whose photos are probed (default: all)
+    # the gallery-only identities (``evaluation_photos``): 3 photos of one more person and 609
+    # one-photo portraits; off: a smaller, faster gallery (users and the 10 one-photo faces only)
+    distractors: bool = True
     methods: Sequence[str] = MAIN_METHODS
     evaluators: Sequence[str] = DEFAULT_EVALUATORS
     transforms: Sequence[str] = tuple(UPLOAD_TRANSFORMS)
@@ -259,16 +263,40 @@ def _versions() -> dict[str, Any]:
     return out
 
 
-def _build_gallery(split, evaluators, progress: bool) -> Gallery:
+def evaluation_photos(distractors: bool = True) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """The protocol's photos: (users, gallery-only identities), {identity: photos} each.
+
+    Users (probed, and each other's targets): the 5 celebrities (19-27 photos each) and the 5 dlib
+    "johns" (10-11 face chips each, loaded padded: ``load_face_photo``). Gallery-only, with
+    ``distractors``: Barack Obama (3 photos, too few to split into probes, targets and gallery) and
+    609 portraits of one person each (``portrait-000`` ...). Besides these, every gallery holds the
+    10 faces of the one-photo identities.
+
+    Example:
+        >>> users, others = evaluation_photos()                                  # doctest: +SKIP
+        >>> len(users), sum(len(v) for v in others.values())                     # doctest: +SKIP
+        (10, 612)
+    """
+    more = more_identity_photos()
+    users = {**identity_photos(), **{n: ps for n, ps in more.items() if n.startswith("john_")}}
+    others: dict[str, list[Path]] = {}
+    if distractors:
+        others = {n: ps for n, ps in more.items() if n not in users}
+        others.update({f"portrait-{i:03d}": [p] for i, p in enumerate(distractor_photos())})
+    return dict(sorted(users.items())), others
+
+
+def _build_gallery(split, others: dict[str, list[Path]], evaluators, progress: bool) -> Gallery:
     held_out = {p for paths in split.optimisation.values() for p in paths}
     labels, paths, rows = [], [], {i: [] for i in evaluators.ids}
     items = [(n, p) for n, ps in sorted(split.photos.items()) for p in ps if p not in held_out]
+    items += [(n, p) for n, ps in others.items() for p in ps]
     bar = _progress(len(items), "gallery", progress)
     for name, path in items:
-        emb, _ = evaluators.embed(load_image(path))
+        emb, _ = evaluators.embed(load_face_photo(path))
         bar.update()
         if emb is None:
-            continue  # no face: not part of the gallery (none of the shipped photos)
+            continue  # no face: not part of the gallery (none of the shipped photos; see photos.py)
         labels.append(name)
         paths.append(path)
         for i in evaluators.ids:
@@ -297,7 +325,7 @@ def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
     probes = []
     for user in users:
         for path in split.probes[user]:
-            image = load_image(path)
+            image = load_face_photo(path)
             face = evaluators.pick(image, None)
             if face is None:
                 raise EdgecloakError(f"{path}: no face found in a probe photo")
@@ -498,7 +526,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
     bad = [t for t in settings.transforms if t not in UPLOAD_TRANSFORMS]
     if bad:
         raise UsageError(f"unknown transform(s) {', '.join(bad)}; choose from {', '.join(UPLOAD_TRANSFORMS)}")
-    photos = identity_photos()
+    photos, others = evaluation_photos(settings.distractors)
     users = list(settings.identities) if settings.identities else sorted(photos)
     missing = [u for u in users if u not in photos]
     if missing:
@@ -509,7 +537,7 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
         raise UsageError(f"{exc}; ask for fewer --probes") from None
 
     evaluators = Evaluators(settings.evaluators, Path(settings.cache_dir or edgecloak_home() / "eval-cache"))
-    gallery = _build_gallery(split, evaluators, progress)
+    gallery = _build_gallery(split, others, evaluators, progress)
     impostors = _impostors(gallery)
     thresholds = _thresholds(impostors, settings.far)
     strict_thresholds = _thresholds(impostors, settings.far_strict)

@@ -34,7 +34,7 @@ from edgecloak.policy import SafetyPolicy
 from edgecloak.recipe import Recipe, resolve
 from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.face_region import grown_box as face_region
-from edgecloak.runtime.image_io import load_image
+from edgecloak.export.zoo.photos import load_face_photo
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.targets import TargetBank
 
@@ -221,7 +221,7 @@ def identity_embeddings(protector: RuntimeProtector, photos: Mapping[str, Sequen
     for name, paths in photos.items():
         per_photo: dict[str, list[np.ndarray]] = {}
         for path in paths:
-            image = load_image(path)
+            image = load_face_photo(path)
             face = protector.detector.largest_face(image, str(path))
             for sid, emb in protector.embed_face(image, face.landmarks).items():
                 per_photo.setdefault(sid, []).append(emb[0])

