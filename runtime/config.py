@@ -115,8 +115,24 @@ class TIPIMConfig(AttackConfig):
     settle_after: int | None = field(default=None, metadata=_flag(
         "stop re-scoring once one target won this many re-scorings in a row (default: never)"))
 
+    # Transfer to recognizers the loop never optimised on (off by default: the paper's loop). Sigmas
+    # in pixels of a 112-px aligned face (``runtime.smoothing``); each measured on leave-one-family-out
+    # transfer in ``scripts/transfer_study.py`` (docs/transfer.md).
+    ti_sigma: float = field(default=0.0, metadata=_flag(
+        "translation-invariant gradient smoothing: Gaussian sigma in pixels of a 112-px face (default 0: off)"))
+    smooth_probability: float = field(default=0.0, metadata=_flag(
+        "share of steps whose surrogates see a Gaussian-smoothed copy of the image (default 0: never)"))
+    smooth_sigma: float = 1.5
+    surrogate_weighting: Literal["equal", "normalised"] = field(default="equal", metadata=_flag(
+        "equal: the surrogates' losses averaged (the paper); normalised: each surrogate's gradient scaled "
+        "to the same mean magnitude before they are summed"))
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ti_sigma < 0 or self.smooth_sigma < 0 or not 0 <= self.smooth_probability <= 1:
+            raise ValueError("ti_sigma and smooth_sigma must be >= 0 and smooth_probability in [0, 1]")
+        if self.surrogate_weighting not in ("equal", "normalised"):
+            raise ValueError(f"surrogate_weighting must be 'equal' or 'normalised', got {self.surrogate_weighting!r}")
         if self.rescore_every < 1 or (self.settle_after is not None and self.settle_after < 1):
             raise ValueError("rescore_every and settle_after must be >= 1")
 

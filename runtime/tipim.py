@@ -13,6 +13,11 @@ Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MM
 draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
 and settings the result matches the oracle's (see tests/test_runtime.py).
 
+Beyond the paper, three transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
+``surrogate_weighting``; all off by default, and then the loop is the oracle's step for step):
+Gaussian smoothing of the gradient (translation invariance), a smoothed copy of the image as an
+input transform, and per-surrogate gradient normalisation (see ``runtime.smoothing``).
+
 Example:
     >>> loop = RuntimeTIPIM(engines, TIPIMConfig(steps=20))           # doctest: +SKIP
     >>> result = loop.run(region, face, targets)                       # doctest: +SKIP
@@ -35,6 +40,7 @@ from .diversity import sample_augmentations, sample_jitter
 from .face_region import FaceRegion
 from .mmd import mmd_gradient
 from .parallel import for_row_chunks
+from .smoothing import photo_pixels_per_face_pixel, smooth_planes
 from .targets import TargetBank
 from .warp import BilinearSampler, crop_to_src_matrix
 
@@ -178,6 +184,7 @@ class RuntimeTIPIM:
             c[0, :k] = 2.0 * self.weights[e.id] * (real[e.id] - targets.embeddings[e.id])
             cotangents[e.id] = c
         limit = (np.float32(cfg.eps) * face.edge_weight_map())[None, None]
+        face_px = photo_pixels_per_face_pixel(face.landmarks)  # the transfer techniques' sigmas, in photo px
         bounds = self.bounds(x0, limit)
         x = x0.copy() if start is None else self.project(np.asarray(start, np.float32), x0, bounds)
         # the large arrays are allocated once per face and reused by every step
@@ -189,6 +196,7 @@ class RuntimeTIPIM:
         candidates = np.zeros((k, *shape), np.float32)
         rounded = np.zeros((k, *shape), np.float32)
         x_round = np.zeros_like(x0)
+        x_smoothed = np.zeros_like(x0) if cfg.smooth_probability > 0 else None
         candidate_crops = {e.id: np.zeros((k, 3, sizes[e.id], sizes[e.id]), np.float32) for e in self.engines}
         best_x, best_gain = x.copy(), -math.inf
         gains: list[float] = []
@@ -200,16 +208,29 @@ class RuntimeTIPIM:
             n = len(rows)
             jitter = sample_jitter(cfg.diversity, rng) if cfg.diversity else None
             np.round(x, out=x_round)  # the surrogates see the uint8 image (straight-through)
+            seen = x_round
+            # drawn only when the technique is on, so the paper's loop keeps the oracle's random stream
+            smoothed = cfg.smooth_probability > 0 and rng.random() < cfg.smooth_probability
+            if smoothed:
+                seen = smooth_planes(x_round, cfg.smooth_sigma * face_px, out=x_smoothed)
             grads[:n].fill(0.0)
             for e in self.engines:
                 sampler = plain[e.id] if jitter is None else face_sampler(face, e.id, sizes[e.id], jitter)
-                crop = sampler.forward(x_round)
+                crop = sampler.forward(seen)
                 clock.lap("warp")
                 _, grad = e.embed_and_grad(crop, cotangents[e.id])
                 clock.lap("graphs")
                 chosen = grad[0, :k] if rescore else grad[0, held:held + 1]
-                grads[:n] += sampler.adjoint(chosen, out=pulled[:n])
+                pulled_back = sampler.adjoint(chosen, out=pulled[:n])
+                if cfg.surrogate_weighting == "normalised":  # no surrogate's gradient drowns the others
+                    self.normalise(pulled_back)
+                grads[:n] += pulled_back
                 clock.lap("warp")
+            if smoothed:  # through the blur: a symmetric kernel is its own adjoint
+                smooth_planes(grads[:n], cfg.smooth_sigma * face_px, out=grads[:n])
+            if cfg.ti_sigma > 0:
+                smooth_planes(grads[:n], cfg.ti_sigma * face_px, out=grads[:n])
+            clock.lap("other")
             if cfg.gamma > 0:
                 _, g_mmd = mmd_gradient(x, x0, sample_augmentations(cfg.mmd_batch, rng), weight=cfg.gamma)
                 grads[:n] += g_mmd

@@ -99,6 +99,100 @@ def test_split_of_the_real_identity_photos():
         assert sum(n == name for n, _ in gallery) >= 1
 
 
+
+def test_evaluation_photos_are_ten_users_and_612_gallery_only_faces():
+    import hashlib
+
+    from edgecloak.evaluation.harness import evaluation_photos
+    from edgecloak.export.zoo.photos import distractor_photos, identity_photos, more_identity_photos
+
+    users, others = evaluation_photos()
+    celebrities, more = identity_photos(), more_identity_photos()
+    johns = {n: ps for n, ps in more.items() if n.startswith("john_")}
+    assert len(celebrities) == 5 and len(johns) == 5
+    assert list(users) == sorted(users) and users == {**celebrities, **johns}  # each with its photos, in order
+    # the gallery-only identities: Obama, then one portrait per person, in distractor_photos()'s order
+    portraits = distractor_photos()
+    assert list(others) == ["barack_obama", *(f"portrait-{i:03d}" for i in range(609))]
+    assert others["barack_obama"] == more["barack_obama"] and len(others["barack_obama"]) == 3
+    assert [ps for n, ps in others.items() if n != "barack_obama"] == [[p] for p in portraits]
+    assert len(others) == 610 and sum(len(ps) for ps in others.values()) == 612
+    assert not set(users) & set(others)
+    assert not any(n.startswith("portrait-") or n == "barack_obama" for n in users)
+    # no photo twice, by path or by content, across users and gallery-only identities
+    every = [p for group in (users, others) for ps in group.values() for p in ps]
+    assert len(every) == 118 + 54 + 612 == len(set(every))
+    assert len({hashlib.md5(p.read_bytes()).hexdigest() for p in every}) == len(every)
+    # without distractors: the same users, no gallery-only identity
+    assert evaluation_photos(False) == (users, {})
+    assert evaluation_photos(distractors=False)[1] == {}
+    # the default split (4 probes, 3 optimisation photos) fits every user; Obama is too small to be one
+    assert min(len(ps) for ps in users.values()) >= 4 + 3 + 1
+    split = split_photos(users, 4, 3)
+    assert sum(len(ps) for ps in split.probes.values()) == 40 and set(split.probes) == set(users)
+    assert all(len(ps) == 3 for ps in split.optimisation.values())
+    with pytest.raises(ValueError, match="barack_obama: 3 photos, the split needs at least 8"):
+        split_photos({"barack_obama": others["barack_obama"]}, 4, 3)
+
+
+def test_eval_settings_default_to_the_larger_protocol(tmp_path):
+    from edgecloak.evaluation.harness import EvalSettings
+
+    settings = EvalSettings(out=tmp_path)
+    assert settings.probes_per_identity == 4 and settings.targets_per_identity == 3 and settings.distractors is True
+    assert settings.to_dict()["distractors"] is True  # recorded in results.json
+
+
+def test_eval_no_distractors_flag_reaches_the_settings(tmp_path, monkeypatch, capsys):
+    """`edgecloak eval --no-distractors` runs with EvalSettings(distractors=False); without the flag the
+    distractors stay on. The run itself is replaced (only the CLI's settings are under test)."""
+    from edgecloak.cli.main import main
+    from edgecloak.evaluation import harness, report
+
+    seen, reported = [], []
+
+    def fake_run(settings, *args, **kwargs):
+        seen.append(settings)
+        return {"fake": len(seen)}
+
+    def fake_write_report(results, out):
+        reported.append(results)
+        return Path(out) / "report.md"
+
+    monkeypatch.setattr(harness, "run_evaluation", fake_run)
+    monkeypatch.setattr(report, "write_report", fake_write_report)
+    monkeypatch.setattr(report, "headline_markdown", lambda results: "| headline |")
+    out = tmp_path / "out"
+    assert main(["eval", "-o", str(out), "--no-distractors"]) == 0
+    assert main(["eval", "-o", str(out)]) == 0
+    assert main(["eval", "-o", str(out), "--quick", "--no-distractors", "--probes", "2"]) == 0
+    assert [s.distractors for s in seen] == [False, True, False]
+    assert [s.probes_per_identity for s in seen] == [4, 4, 2]
+    assert seen[2].methods == ["none", "noise", "edge"]  # --quick's other settings are kept
+    assert all(isinstance(s, harness.EvalSettings) and s.out == out for s in seen)
+    assert reported == [{"fake": 1}, {"fake": 2}, {"fake": 3}]  # each run's results were reported
+    assert capsys.readouterr().out.count("| headline |") == 3
+
+
+def test_the_report_describes_the_gallery():
+    from edgecloak.evaluation.report import protocol_description
+
+    proto = {"probes": [{}] * 3, "users": ["a", "b", "c"], "gallery_faces": 764,
+             "gallery_identities": [*"abcdefghij", *(f"one-{i}" for i in range(10)), "barack_obama",
+                                    *(f"portrait-{i:03d}" for i in range(609))],
+             "optimisation_photos": {n: ["x.jpg"] * 3 for n in "abcdefghij"}}
+    settings = {"probes_per_identity": 1, "targets_per_identity": 3, "distractors": True}
+    text = protocol_description({"protocol": proto, "settings": settings})
+    assert text.startswith("3 probe photos of 3 of the 10 users (1 each). Gallery: 764 faces of 630 identities")
+    assert ("the users' other photos, the 10 one-photo faces and 612 gallery-only faces (3 photos of one more "
+            "person and 609 one-photo portraits)") in text
+    small = {**proto, "gallery_faces": 152, "gallery_identities": proto["gallery_identities"][:20]}
+    text = protocol_description({"protocol": small, "settings": {**settings, "distractors": False}})
+    assert "152 faces of 20 identities" in text and "(no gallery-only faces: --no-distractors)" in text
+    assert "612" not in text and "portraits" not in text
+    old = {k: v for k, v in settings.items() if k != "distractors"}  # results written before the setting
+    assert "(no gallery-only faces)" in protocol_description({"protocol": small, "settings": old})
+
 # -- upload transforms and baselines ---------------------------------------------------------------
 def test_upload_transforms_change_pixels_as_uploads_do():
     from edgecloak.evaluation.transforms import UPLOAD_TRANSFORMS, apply_transform
@@ -159,6 +253,14 @@ def test_quick_real_run_measures_protection(quick_eval):
     assert len(probes) == 3
     held_out = {p for ps in results["protocol"]["optimisation_photos"].values() for p in ps}
     assert not held_out & {p["photo"] for p in probes}
+    # every gallery holds the gallery-only identities too (on by default): 142 users' photos (172 less
+    # 10 x 3 optimisation photos), 612 gallery-only faces and the 10 one-photo faces
+    proto = results["protocol"]
+    assert results["settings"]["distractors"] is True and results["settings"]["probes_per_identity"] == 1
+    assert proto["gallery_faces"] >= 700
+    assert {"portrait-000", "portrait-608", "barack_obama", "john_simm", "elton_john"} <= set(proto["gallery_identities"])
+    assert len(proto["optimisation_photos"]) == 10  # every user is split (and a target), not only the probed 3
+    assert "612 gallery-only faces" in (out / "report.md").read_text()
     rows = {(r["method"], r["transform"], r["evaluator"]): r for r in results["rows"]}
     assert len(rows) == 3 * 2 * 2 and all(r["n"] == 3 for r in rows.values())
     assert rows[("edge", "none", "mobileface")]["white_box"] and not rows[("edge", "none", "faceres-deep")]["white_box"]
@@ -174,7 +276,6 @@ def test_quick_real_run_measures_protection(quick_eval):
     assert all(r["max_change"] <= 12 for r in results["records"]["edge"])
     assert results["versions"]["onnxruntime"] and results["settings"]["seed"] == 0
     # protection success rates at FAR 1e-3, on thresholds set on enough impostor pairs to resolve it
-    proto = results["protocol"]
     assert results["settings"]["far_strict"] == proto["far_strict"] == 1e-3
     assert set(proto["impostor_pairs"]) == {"mobileface", "faceres-deep"}
     assert all(n >= 1000 for n in proto["impostor_pairs"].values()) and all(proto["far_strict_resolved"].values())

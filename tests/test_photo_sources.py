@@ -143,3 +143,42 @@ def test_dlib_derived_recognizers_are_kept_out_of_the_registry():
     table = tomllib.loads(Path(registry.MODELS_FILE).read_text())
     used = {row["package"] for kind in ("recognizers", "detector") for row in table[kind].values()}
     assert not used & set(PHOTO_PACKAGES)
+
+
+def test_is_face_chip_tells_the_johns_from_every_other_photo():
+    more = photos.more_identity_photos()
+    chips = [p for name in sorted(photos.FACE_CHIP_IDENTITIES) for p in more[name]]
+    assert len(chips) == 54 and all(photos.is_face_chip(p) for p in chips)
+    assert all(photos.is_face_chip(str(p)) for p in chips[:3])  # a str path too
+    assert not any(photos.is_face_chip(p) for p in more["barack_obama"])
+    assert not any(photos.is_face_chip(p) for ps in photos.identity_photos().values() for p in ps)
+    assert not any(photos.is_face_chip(p) for p in photos.distractor_photos()[::20])
+    assert not any(photos.is_face_chip(source.path) for source in photos.one_photo_identities())
+    # decided by the parent folder: a chip's name elsewhere, or a file below a chip folder, is none
+    assert not photos.is_face_chip(Path("elsewhere") / chips[0].name)
+    assert not photos.is_face_chip(chips[0].parent / "nested" / chips[0].name)
+
+
+def test_load_face_photo_pads_the_chips_and_leaves_every_other_photo_as_it_is():
+    from edgecloak.runtime.image_io import load_image
+
+    more = photos.more_identity_photos()
+    pad = 38  # round(0.25 * 150)
+    for name in sorted(photos.FACE_CHIP_IDENTITIES):
+        for path in more[name]:
+            chip = load_image(path)
+            loaded = photos.load_face_photo(path)
+            assert loaded.shape == (226, 226, 3) and loaded.dtype == np.uint8, path.name
+            assert np.array_equal(loaded, photos.padded_for_detection(chip)[0]), path.name
+            # the chip in the middle, its edge rows and columns repeated outwards
+            assert np.array_equal(loaded[pad:-pad, pad:-pad], chip), path.name
+            assert (loaded[:pad, pad:-pad] == chip[0]).all() and (loaded[-pad:, pad:-pad] == chip[-1]).all()
+            assert (loaded[pad:-pad, :pad] == chip[:, :1]).all() and (loaded[pad:-pad, -pad:] == chip[:, -1:]).all()
+            assert (loaded[:pad, :pad] == chip[0, 0]).all() and (loaded[-pad:, -pad:] == chip[-1, -1]).all()
+    others = [*more["barack_obama"], *photos.distractor_photos()[::100],
+              *(ps[0] for ps in photos.identity_photos().values())]
+    for path in others:
+        image = load_image(path)
+        loaded = photos.load_face_photo(path)
+        assert loaded.dtype == np.uint8 and loaded.ndim == 3 and loaded.shape[2] == 3, path.name
+        assert np.array_equal(loaded, image), path.name

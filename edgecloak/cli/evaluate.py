@@ -57,7 +57,8 @@ class EvalCommand:
         p.add_argument("--cross-family", action="append", type=_names, default=[], metavar="PRESET",
                        help="also judge a preset by leave-one-family-out transfer: per recognizer family, optimise "
                             "on its surrogates outside the family, score on the family only (clean upload); "
-                            "repeatable or comma-separated")
+                            "PRESET+KEY=VALUE+... judges the preset with other settings "
+                            "(balanced+ti_sigma=1); repeatable or comma-separated")
         p.add_argument("--seed", type=int, default=0, help="seed of every method's random stream")
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                        help=f"runtime backend of every TIP-IM method: auto, {', '.join(BACKENDS)} (default auto)")
@@ -70,7 +71,7 @@ class EvalCommand:
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         # optional: the eval extra (torch recognizers, matplotlib), which a device install lacks
-        from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+        from edgecloak.evaluation.harness import EvalSettings, judged_recipe, run_evaluation
         from edgecloak.evaluation.report import headline_markdown, write_report
         from edgecloak.recipe import resolve
 
@@ -98,8 +99,9 @@ class EvalCommand:
                     raise UsageError(f"--bundle {item!r}: give NAME=PATH")
                 bundles[name] = Path(path)
             cross_family = tuple(dict.fromkeys(n for names in args.cross_family for n in names))
-            for preset in cross_family:
-                resolve(preset)  # an unknown preset: one UsageError line, before any work
+            for spec in cross_family:  # an unknown preset or setting: one UsageError line, before any work
+                preset, overrides = judged_recipe(spec)
+                resolve(preset, settings=overrides)
             settings = EvalSettings(out=args.out, identities=args.identities, seed=args.seed, backend=args.backend,
                                     far=args.far, cache_dir=args.cache, bundles=bundles, cross_family=cross_family,
                                     **fan_out_from(args), **chosen)

@@ -1,10 +1,16 @@
 """The evaluation run: protect the probe photos with every method, upload-transform them, and score
 them with white-box and black-box recognizers against a gallery (the paper's protocol, adapted).
 
-Protocol (see ``protocol.py`` for the split): the identities with many photos are the users; each
-probe photo of user A is protected towards A's target identities (the other users, embedded from
-their optimisation photos, which are in no gallery) and searched in a gallery of A's other photos,
-every other user's gallery photos and the one-photo identities as distractors. Per method,
+Protocol (see ``protocol.py`` for the split, ``evaluation_photos`` for the photos): 10 users, the 5
+celebrities and dlib's 5 "johns", whose tight 150x150 face chips are loaded padded (25% replicated
+border, 226x226: ``load_face_photo``, the same pixels for probe, gallery and target photos). Each
+user gives ``probes_per_identity`` probe photos (4 by default: 40 probes) and
+``targets_per_identity`` optimisation photos (3), which are in no gallery. Each probe photo of user
+A is protected towards A's target identities (the other users, embedded from their optimisation
+photos) and searched in a gallery of A's other photos, every other user's gallery photos, the 10
+faces of the one-photo identities and, unless ``distractors`` is off (``--no-distractors``), 612
+faces of gallery-only identities, never probed nor targets: 3 photos of Barack Obama (too few to
+split) and 609 one-photo portraits. Per method,
 transform and recognizer: Rank-1/5-UT, Rank-1/5-T, verification dodging at the recognizer's own
 threshold at ``far`` on clean impostor pairs, the protection success rates at the stricter
 ``far_strict`` (``psr_dodge_far1e-3``, ``psr_target_far1e-3``: see ``metrics``), and the
@@ -57,7 +63,7 @@ from edgecloak.runtime.paths import edgecloak_home
 
 from .evaluators import Evaluators
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
-from .metrics import (Rate, accepted, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
+from .metrics import (Rate, accepted, bootstrap_interval, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
                       threshold_at_far)
 from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
@@ -149,30 +155,64 @@ def sweep_methods(backend: str = "auto", seed: int = 0) -> list[ProtectionMethod
                             family="sweep", sweep=("eps", eps)) for eps in SWEEP_EPS)]
 
 
-def cross_family_methods(preset: str, backend: str = "auto", seed: int = 0, evaluators: Sequence[str] | None = None,
+def judged_recipe(spec: str) -> tuple[str, dict[str, Any]]:
+    """The preset and settings of a recipe to judge: ``PRESET`` or ``PRESET+KEY=VALUE+KEY=VALUE...``
+    (``TIPIMConfig`` fields; a value is read as an int, a float, ``none`` or else a string). The
+    settings are checked when the recipe is resolved.
+
+    Example:
+        >>> judged_recipe("balanced+ti_sigma=1.5+surrogate_weighting=normalised")
+        ('balanced', {'ti_sigma': 1.5, 'surrogate_weighting': 'normalised'})
+        >>> judged_recipe("balanced+steps")
+        Traceback (most recent call last):
+        ...
+        edgecloak.errors.UsageError: 'balanced+steps': write each setting as KEY=VALUE after a '+'
+    """
+    preset, *items = spec.split("+")
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or not text:
+            raise UsageError(f"{spec!r}: write each setting as KEY=VALUE after a '+'")
+        value: Any = None if text.lower() == "none" else text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        settings[key] = value
+    return preset, settings
+
+
+def cross_family_methods(spec: str, backend: str = "auto", seed: int = 0, evaluators: Sequence[str] | None = None,
                          log: Callable[[str], None] | None = None) -> list[ProtectionMethod]:
-    """Leave-one-family-out for ``preset``: per recognizer family F (``protocol.FAMILIES``), the preset
-    on its surrogates outside F, named ``<preset>-without-<F>`` and marked ``held_out_family=F``.
+    """Leave-one-family-out for a recipe (``spec``: a preset, maybe with settings, ``judged_recipe``):
+    per recognizer family F (``protocol.FAMILIES``), the recipe on its surrogates outside F, named
+    ``<spec>-without-<F>`` and marked ``held_out_family=F``.
 
     A family is skipped (a ``note:`` through ``log``) when none of the preset's surrogates remain
     without it, or, given the run's ``evaluators``, when none of F's members is among them (nothing
-    would score it). An unknown preset is a ``UsageError``.
+    would score it). An unknown preset or setting is a ``UsageError``.
 
     Example:
         >>> [(m.name, m.surrogates) for m in cross_family_methods("paper")]
         [('paper-without-mobileface', ('faceres',)), ('paper-without-faceres', ('mobileface',)), ('paper-without-facenet', ('mobileface', 'faceres'))]
+        >>> cross_family_methods("paper+ti_sigma=1")[0].config["ti_sigma"]
+        1
     """
-    surrogates = resolve(preset).surrogates
+    preset, overrides = judged_recipe(spec)
+    surrogates = resolve(preset, settings=overrides).surrogates
     methods: list[ProtectionMethod] = []
     for family, members in FAMILIES.items():
-        name = f"{preset}-without-{family}"
+        name = f"{spec}-without-{family}"
         remaining = tuple(s for s in surrogates if s not in members)
         if not remaining:
             reason = f"every surrogate of {preset} ({'+'.join(surrogates)}) is in the {family} family"
         elif evaluators is not None and not any(e in members for e in evaluators):
             reason = f"no evaluator of the {family} family ({', '.join(members)}) in this run"
         else:
-            recipe = resolve(preset, surrogates=remaining, settings={"seed": seed})
+            recipe = resolve(preset, surrogates=remaining, settings={**overrides, "seed": seed})
             methods.append(CloakerMethod(name, recipe.surrogates, recipe.settings, backend, family=CROSS_FAMILY,
                                          held_out_family=family))
             continue
@@ -210,17 +250,45 @@ def cross_family_table(per_probe: Sequence[dict], held_out: dict[str, tuple[str,
         (0.5, 2)
     """
     matrix: dict[str, dict[str, Any]] = {}
-    by_probe: dict[str, dict[tuple[str, str], list[float]]] = {k: {} for k in keys}
     for family, (method, evaluators) in held_out.items():
         matrix[family] = {}
         for k in keys:
             values = held_out_values(per_probe, method, evaluators, k, transform)
             matrix[family][k] = Rate.of(np.array(list(values.values()))).to_dict() if values else None
-            for probe, v in values.items():
-                by_probe[k].setdefault(probe, []).append(v)
-    mean = {k: Rate.of(np.array([np.mean(v) for v in by_probe[k].values()])).to_dict() if by_probe[k] else None
-            for k in keys}
+    mean = {}
+    for k in keys:
+        values = cross_family_values(per_probe, held_out, k, transform)
+        mean[k] = Rate.of(np.array(list(values.values()))).to_dict() if values else None
     return {"matrix": matrix, "mean": mean}
+
+
+def cross_family_values(per_probe: Sequence[dict], held_out: dict[str, tuple[str, Sequence[str]]], key: str,
+                        transform: str = "none") -> dict[tuple[str, str], float]:
+    """Per probe: its cross-family value of ``key``, the mean over the families it was scored in
+    (each family's value the mean over its evaluators; ``held_out`` as in ``cross_family_table``)."""
+    by_probe: dict[tuple[str, str], list[float]] = {}
+    for method, evaluators in held_out.values():
+        for probe, v in held_out_values(per_probe, method, evaluators, key, transform).items():
+            by_probe.setdefault(probe, []).append(v)
+    return {probe: float(np.mean(v)) for probe, v in by_probe.items()}
+
+
+def paired_difference(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any] | None:
+    """``after - before`` over the probes both scored: the mean difference, n and its 95% percentile
+    bootstrap interval over probes (paired: each probe is its own control, so the interval is much
+    narrower than the two rates' own intervals). None when no probe is shared.
+
+    Example:
+        >>> d = paired_difference({"a": 0.0, "b": 1.0, "c": 0.0}, {"a": 1.0, "b": 1.0, "c": 1.0})
+        >>> round(d["value"], 2), d["n"], d["low"] <= d["value"] <= d["high"]
+        (0.67, 3, True)
+    """
+    shared = [p for p in before if p in after]
+    if not shared:
+        return None
+    delta = np.array([after[p] - before[p] for p in shared])
+    low, high = bootstrap_interval(delta)
+    return {"value": float(delta.mean()), "n": len(shared), "low": low, "high": high}
 
 
 @dataclass
@@ -582,10 +650,11 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
             log(f"{'':>16}  held-out {head['held_out_family']} ({', '.join(head['held_out_evaluators'])}): "
                 f"R1-UT {_fmt(head['held_out_rank1_ut'])}, PSR dodge {_fmt(head.get(f'held_out_{dodge_key}'))}")
 
-    cross_family = {}
+    cross_family, held_for = {}, {}
     for preset, cf_methods in cross.items():
         held = {m.held_out_family: (m.name, [e for e in evaluators.ids if e in FAMILIES[m.held_out_family]])
                 for m in cf_methods}
+        held_for[preset] = held
         cross_family[preset] = {
             "transform": "none", "metrics": ["rank1_ut", dodge_key],
             "methods": {f: name for f, (name, _) in held.items()},
@@ -594,6 +663,13 @@ def run_evaluation(settings: EvalSettings, progress: bool = True, log: Callable[
             "skipped": [f for f in FAMILIES if f not in held],
             **cross_family_table(per_probe, held, ("rank1_ut", dodge_key)),
         }
+    # every judged recipe against the first one, paired over probes: is a change outside the noise?
+    specs = list(cross_family)
+    for spec in specs[1:]:
+        first = specs[0]
+        cross_family[spec]["versus"] = {"against": first, **{
+            k: paired_difference(*(cross_family_values(per_probe, held_for[s], k) for s in (first, spec)))
+            for k in cross_family[spec]["metrics"]}}
     results = {
         "settings": settings.to_dict(),
         "versions": _versions(),

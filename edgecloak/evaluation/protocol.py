@@ -4,15 +4,24 @@ probes, target-optimisation photos and the gallery, deterministically.
 Standard library only (no torch): the CLI builds ``edgecloak eval``'s flags from
 ``DEFAULT_EVALUATORS`` and ``MAIN_METHODS`` on every start, a device install's included.
 
-The paper's protocol adapted to the shipped photos: the identities with many photos are the users.
-Each identity's photos are ordered by a hash of their file name (deterministic, and independent of
-how the files happen to be named or listed), then cut into
+The paper's protocol adapted to the shipped photos (``harness.evaluation_photos``): the users are
+the 10 identities with enough photos to split, the 5 celebrities (19-27 photos each) and dlib's 5
+"johns" (10-11 tight 150x150 face chips each, loaded padded by ``photos.load_face_photo``: a 25%
+replicated border, 226x226, so the face and the region grown around it lie inside the image).
+Each user's photos are ordered by a hash of their file name (deterministic, and independent of how
+the files happen to be named or listed), then cut into
 
-* ``probes``: the first ``probes_per_identity`` photos (the photos that get protected);
-* ``optimisation``: the next ``targets_per_identity`` photos, used ONLY to compute target embeddings
-  when this identity is someone else's target; they are never in any gallery;
+* ``probes``: the first ``probes_per_identity`` photos (the photos that get protected; the
+  evaluation takes 4 per user by default, 40 probes, ``split_photos`` alone 2);
+* ``optimisation``: the next ``targets_per_identity`` photos (3), used ONLY to compute target
+  embeddings when this identity is someone else's target; they are never in any gallery;
 * the rest, which are gallery photos. A probe's gallery is every non-optimisation photo except the
   probe itself, so the user's other photos (including other probes) are there to be found.
+
+Gallery-only identities are not split (never probed, never targets): the evaluation adds them to
+every gallery. Always the 10 faces of the one-photo identities; unless ``--no-distractors``, also
+612 more faces: 3 photos of Barack Obama (too few for probes, targets and a gallery photo) and
+609 one-photo portraits.
 
 Example:
     >>> split = split_photos({"a": [Path(f"a{i}.jpg") for i in range(8)]}, 2, 3)

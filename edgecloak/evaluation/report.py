@@ -375,20 +375,52 @@ def _backends_line(results: dict) -> str:
     return "; ".join(f"{engine} for {', '.join(methods)}" for engine, methods in by_engine.items()) or "no engine"
 
 
+def protocol_description(results: dict) -> str:
+    """The protocol in two sentences, from the results: the probes (of how many users) and what the
+    gallery holds. Results written before the gallery-only identities (no ``distractors`` setting)
+    had none.
+
+    Example:
+        >>> proto = {"probes": [{}] * 40, "users": [f"u{i}" for i in range(10)], "gallery_faces": 764,
+        ...          "gallery_identities": [*(f"u{i}" for i in range(10)), *(f"one-{i}" for i in range(10)),
+        ...                                 "barack_obama", *(f"portrait-{i:03d}" for i in range(609))],
+        ...          "optimisation_photos": {f"u{i}": [] for i in range(10)}}
+        >>> settings = {"probes_per_identity": 4, "targets_per_identity": 3, "distractors": True}
+        >>> print(protocol_description({"protocol": proto, "settings": settings}))  # doctest: +NORMALIZE_WHITESPACE
+        40 probe photos of 10 users (4 each). Gallery: 764 faces of 630 identities: the users' other photos,
+        the 10 one-photo faces and 612 gallery-only faces (3 photos of one more person and 609 one-photo
+        portraits); the 3 optimisation photos per user are in no gallery.
+    """
+    settings, proto = results["settings"], results["protocol"]
+    users, identities = proto["users"], proto["gallery_identities"]
+    everyone = proto.get("optimisation_photos") or {u: None for u in users}  # every user is split
+    probed = f"{len(users)} users" if len(users) == len(everyone) else f"{len(users)} of the {len(everyone)} users"
+    if settings.get("distractors", False):
+        portraits = sum(str(n).startswith("portrait-") for n in identities)
+        extra = 3 if "barack_obama" in identities else 0
+        gallery_only = (f" and {extra + portraits} gallery-only faces ("
+                        + (f"{extra} photos of one more person and " if extra else "")
+                        + f"{portraits} one-photo portraits)")
+    else:
+        gallery_only = " (no gallery-only faces" + (": --no-distractors)" if "distractors" in settings else ")")
+    return (f"{len(proto['probes'])} probe photos of {probed} ({settings['probes_per_identity']} each). "
+            f"Gallery: {proto['gallery_faces']} faces of {len(identities)} identities: the users' other photos, "
+            f"the 10 one-photo faces{gallery_only}; the {settings['targets_per_identity']} optimisation photos "
+            "per user are in no gallery.")
+
+
 def report_blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
     settings, proto, versions = results["settings"], results["protocol"], results["versions"]
     blocks: list[tuple] = [
         ("h", 1, "edgecloak: measured protection"),
-        ("p", f"{len(proto['probes'])} probe photos of {len(proto['users'])} users "
-              f"({settings['probes_per_identity']} each), gallery {proto['gallery_faces']} faces of "
-              f"{len(proto['gallery_identities'])} identities (the users' other photos and one-photo distractors; "
-              f"the {settings['targets_per_identity']} optimisation photos per user are in no gallery). "
+        ("p", f"{protocol_description(results)} "
               f"Evaluators: {', '.join(settings['evaluators'])}; white-box = the method's own surrogates, "
               f"black-box = all others (mean over them). Seed {settings['seed']}, backend {settings['backend']}: "
               f"{_backends_line(results)}."),
         ("p", "Rank-1-UT: the true identity is not ranked first; Rank-1-T: a target identity (another user) is "
               "ranked first; dodged: the probe's best similarity to its own gallery photos is at or below the "
-              f"recognizer's threshold at FAR {proto['far']:g} on clean impostor pairs. With 4 other users in the "
+              f"recognizer's threshold at FAR {proto['far']:g} on clean impostor pairs. With "
+              f"{max(len(proto.get('optimisation_photos') or proto['users']) - 1, 0)} other users in the "
               "gallery, a probe pushed off its identity often lands on one of them, so untargeted rows score "
               "Rank-T too; compare the targeted rows with MI-FGSM."),
         ("h", 2, "Headline (lossless upload)"),

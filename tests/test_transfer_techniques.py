@@ -1,0 +1,106 @@
+"""The loop's transfer techniques (gradient smoothing, a smoothed copy, normalised surrogate
+weighting): what each changes, that the budget still holds, and that off means the paper's loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
+from edgecloak.runtime.config import TIPIMConfig
+from edgecloak.runtime.face_region import FaceRegion
+from edgecloak.runtime.protector import RuntimeProtector
+from edgecloak.runtime.smoothing import photo_pixels_per_face_pixel, smooth_planes
+from edgecloak.runtime.tipim import RuntimeTIPIM
+from edgecloak.errors import UsageError
+from edgecloak.recipe import resolve
+
+from test_runtime import mobileface_bundle, sample_face  # noqa: F401  (session fixtures)
+
+
+def test_smooth_planes_blurs_each_plane_alone_and_in_place():
+    rng = np.random.default_rng(0)
+    batch = rng.normal(size=(2, 3, 20, 24)).astype(np.float32)
+    batch[1, 2] = 5.0  # a constant plane stays constant
+    copy = smooth_planes(batch, 2.0)
+    assert copy is not batch and copy.shape == batch.shape
+    assert np.allclose(copy[1, 2], 5.0, atol=1e-5)
+    # smoothing lowers the variance of noise and keeps each plane's mean (reflected borders)
+    assert copy[0, 0].std() < 0.5 * batch[0, 0].std()
+    assert abs(float(copy[0, 0].mean() - batch[0, 0].mean())) < 0.05
+    in_place = batch.copy()
+    assert smooth_planes(in_place, 2.0, out=in_place) is in_place
+    assert np.array_equal(in_place, copy)
+    assert np.array_equal(smooth_planes(batch, 0.0), batch)  # sigma 0: a copy
+
+
+def test_a_symmetric_blur_is_its_own_adjoint_away_from_the_border():
+    """<blur(a), b> == <a, blur(b)>: why the loop pulls a gradient back through the smoothed copy by
+    blurring it. Exact for a symmetric kernel where no reflection happens (supports inside)."""
+    rng = np.random.default_rng(1)
+    a = np.zeros((1, 1, 40, 40), np.float32)
+    b = np.zeros((1, 1, 40, 40), np.float32)
+    a[0, 0, 12:28, 12:28] = rng.normal(size=(16, 16))
+    b[0, 0, 12:28, 12:28] = rng.normal(size=(16, 16))
+    left = float((smooth_planes(a, 1.5) * b).sum())
+    right = float((a * smooth_planes(b, 1.5)).sum())
+    assert left == pytest.approx(right, rel=1e-4, abs=1e-4)
+
+
+def test_face_pixels_scale_with_the_eye_distance():
+    assert photo_pixels_per_face_pixel(ARCFACE_TEMPLATE_112) == pytest.approx(1.0)
+    assert photo_pixels_per_face_pixel(ARCFACE_TEMPLATE_112 * 3.0 + 40.0) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("bad", [{"ti_sigma": -1.0}, {"smooth_probability": 1.5}, {"smooth_sigma": -0.1},
+                                 {"surrogate_weighting": "loudest"}])
+def test_bad_technique_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        TIPIMConfig(**bad)
+    with pytest.raises(UsageError):
+        resolve("edge", settings=bad)
+
+
+def _run(bundle, sample_face, **settings):
+    image, face = sample_face
+    protector = RuntimeProtector.from_bundle(bundle, "onnxruntime")
+    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
+    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
+    x0, y0, x1, y1 = region.box
+    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    result = RuntimeTIPIM(protector.engines, TIPIMConfig(steps=6, **settings)).run(pixels, region, targets)
+    return result, pixels
+
+
+@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0},
+                                      {"surrogate_weighting": "normalised", "ti_sigma": 0.5,
+                                       "smooth_probability": 0.5}])
+def test_each_technique_changes_the_mask_and_keeps_the_budget(mobileface_bundle, sample_face, settings):
+    plain, pixels = _run(mobileface_bundle, sample_face)
+    changed, _ = _run(mobileface_bundle, sample_face, **settings)
+    delta = changed.region - pixels
+    assert np.abs(delta).max() <= 12 and np.all(changed.region == np.round(changed.region))
+    assert 0 <= changed.region.min() and changed.region.max() <= 255
+    # the technique did something: a different mask (far more than float noise: > 5% of pixels)
+    assert np.mean(changed.region != plain.region) > 0.05
+    assert changed.gains[-1] > changed.gains[0]  # and the loop still climbs
+
+
+def test_smoothed_gradients_make_a_smoother_mask(mobileface_bundle, sample_face):
+    """TI's point: the mask varies less from one pixel to the next."""
+    plain, pixels = _run(mobileface_bundle, sample_face)
+    smooth, _ = _run(mobileface_bundle, sample_face, ti_sigma=2.0)
+
+    def roughness(region):
+        d = region - pixels
+        return float(np.abs(np.diff(d, axis=3)).mean() + np.abs(np.diff(d, axis=2)).mean())
+
+    assert roughness(smooth.region) < 0.8 * roughness(plain.region)
+
+
+def test_normalised_weighting_of_one_surrogate_is_the_paper_loop(mobileface_bundle, sample_face):
+    """With one surrogate, per-surrogate normalisation only rescales the one gradient, which the
+    loop normalises anyway: the same mask as equal weighting (and no extra random draws)."""
+    plain, _ = _run(mobileface_bundle, sample_face)
+    normalised, _ = _run(mobileface_bundle, sample_face, surrogate_weighting="normalised")
+    assert np.mean(plain.region != normalised.region) < 0.005
