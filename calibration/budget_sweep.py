@@ -1,7 +1,8 @@
-"""Running the loop-budget calibration: every ``BudgetPoint`` (``budget.py``) through the SDK on
-the evaluation protocol (the evaluation harness, one floor down), then the choice of presets, the
-presets file and the Pareto report (``budget_report.py``). ``edgecloak calibrate presets`` calls
-``calibrate``.
+"""Running the loop-budget calibration: every ``BudgetPoint`` (``budget.py``) and its
+leave-one-family-out runs (``budget.held_out_runs``) through the SDK on the evaluation protocol
+(the evaluation harness, one floor down), then the choice of presets on the cross-family
+Rank-1-UT (``budget.OBJECTIVE``), the presets file and the Pareto report (``budget_report.py``).
+``edgecloak calibrate presets`` calls ``calibrate``.
 
 Example:
     >>> calibration = calibrate("calib-out", quick=True)          # doctest: +SKIP
@@ -15,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecloak.evaluation.harness import EvalSettings, run_evaluation
+from edgecloak.evaluation.harness import CROSS_FAMILY, EvalSettings, run_evaluation
 from edgecloak.evaluation.methods import CloakerMethod
+from edgecloak.evaluation.protocol import DEFAULT_EVALUATORS
 from edgecloak.presets import forget_presets, installed_path
 from edgecloak.runtime.atomic import write_json_atomic
 
@@ -24,6 +26,7 @@ from .budget import (
     BudgetPoint,
     choose_presets,
     eligible,
+    held_out_runs,
     machine_description,
     pareto_front,
     point_figures,
@@ -39,23 +42,52 @@ def point_method(point: BudgetPoint, backend: str = "auto", seed: int = 0) -> Cl
                          family="calibration", retries=point.retries, num_targets=point.num_targets)
 
 
-def run_sweep(out, points: Sequence[BudgetPoint], probes_per_identity: int = 3, backend: str = "auto",
+def sweep_methods(points: Sequence[BudgetPoint], backend: str = "auto", seed: int = 0,
+                  evaluators: Sequence[str] = DEFAULT_EVALUATORS) -> list[CloakerMethod]:
+    """The evaluation methods of a sweep: per point, the point itself (``point_method``) and its
+    leave-one-family-out runs that are not the point (``held_out_runs``: ``<point>-without-<F>``,
+    the point's settings, seed, retries and K on its surrogates outside F, marked
+    ``held_out_family=F``; the harness scores these on the clean upload only).
+
+    Example:
+        >>> from .budget import sweep_points
+        >>> [m.name for m in sweep_methods(sweep_points(quick=True))]  # one surrogate: nothing extra
+        ['m-n8', 'm-n32', 'm-n32-r4']
+        >>> p = BudgetPoint("m+f-n16", ("mobileface", "faceres"), {"steps": 16})
+        >>> [(m.name, m.surrogates, m.held_out_family) for m in sweep_methods([p])][1:]
+        [('m+f-n16-without-mobileface', ('faceres',), 'mobileface'), ('m+f-n16-without-faceres', ('mobileface',), 'faceres')]
+    """
+    methods = []
+    for point in points:
+        methods.append(point_method(point, backend, seed))
+        for family, (name, surrogates) in held_out_runs(point, evaluators).items():
+            if name != point.name:
+                methods.append(CloakerMethod(name, surrogates, {**point.settings, "seed": seed}, backend,
+                                             family=CROSS_FAMILY, retries=point.retries,
+                                             num_targets=point.num_targets, held_out_family=family))
+    return methods
+
+
+def run_sweep(out, points: Sequence[BudgetPoint], probes_per_identity: int = 4, backend: str = "auto",
               seed: int = 0, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
               ray_address: str | None = None) -> tuple[dict, list[dict[str, Any]]]:
-    """Evaluate every point (resumable: the evaluation's caches) and return (results, figures).
+    """Evaluate every point and its leave-one-family-out runs (``sweep_methods``; resumable: the
+    evaluation's caches) and return (results, figures).
 
-    Scored on clean uploads and JPEG 75 (the robustness a preset keeps after a typical upload).
-    ``workers``/``ray``: fan the points out (see ``EvalSettings``); latency is then measured on
-    shared cores unless each worker has a machine of its own (a Ray cluster).
+    Points are scored on clean uploads and JPEG 75 (the robustness a preset keeps after a typical
+    upload), the ``-without-`` runs on clean uploads. ``workers``/``ray``: fan the methods out (see
+    ``EvalSettings``); latency is then measured on shared cores unless each worker has a machine of
+    its own (a Ray cluster).
     """
     settings = EvalSettings(out=Path(out), probes_per_identity=probes_per_identity, methods=("none",),
                             transforms=("none", "jpeg75"), sweeps=False, seed=seed, backend=backend,
                             workers=workers, ray=ray, ray_address=ray_address)
-    results = run_evaluation(settings, progress, log, extra_methods=[point_method(p, backend, seed) for p in points])
+    results = run_evaluation(settings, progress, log,
+                             extra_methods=sweep_methods(points, backend, seed, settings.evaluators))
     return results, point_figures(results, points)
 
 
-def calibrate(out, quick: bool = False, probes_per_identity: int = 3, backend: str = "auto", seed: int = 0,
+def calibrate(out, quick: bool = False, probes_per_identity: int = 4, backend: str = "auto", seed: int = 0,
               install: bool = False, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
               ray_address: str | None = None) -> dict[str, Any]:
     """Sweep, choose fast / balanced / max, write ``out``/calibration.json, presets.json and the report
@@ -80,7 +112,7 @@ def calibrate(out, quick: bool = False, probes_per_identity: int = 3, backend: s
     meta = {
         "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
         "command": "edgecloak calibrate presets" + (" --quick" if quick else "")
-                   + (f" --probes {probes_per_identity}" if probes_per_identity != 3 else ""),
+                   + (f" --probes {probes_per_identity}" if probes_per_identity != 4 else ""),
         "probes": len(results["protocol"]["probes"]), "users": len(results["protocol"]["users"]),
         "eval_targets": len(results["protocol"]["users"]) - 1, "backend": "; ".join(backends) or backend,
         "git_commit": results["versions"].get("git_commit"),

@@ -494,6 +494,51 @@ def test_cross_family_report_table():
                     ["mean over families", "-", "-", "0.50 [0.25, 0.75]", "-", 4]]
 
 
+def test_recipes_judged_together_are_compared_paired_against_the_first():
+    from edgecloak.evaluation.harness import cross_family_values, paired_difference
+    from edgecloak.evaluation.report import recipe_comparison_rows
+
+    # two recipes, one family with two evaluators, three probes: per probe the mean over evaluators
+    def rows(method, outcomes):
+        return [{"method": method, "identity": "u", "photo": photo, "transform": "none", "evaluator": e,
+                 "rank1_ut": v} for photo, per_eval in outcomes.items() for e, v in zip(("a1", "a2"), per_eval)]
+
+    per_probe = rows("base-without-a", {"1.jpg": (0, 0), "2.jpg": (1, 0), "3.jpg": (0, 0)})
+    per_probe += rows("new-without-a", {"1.jpg": (1, 1), "2.jpg": (1, 1), "3.jpg": (0, 1)})
+    held = {"a": ("base-without-a", ["a1", "a2"])}
+    base = cross_family_values(per_probe, held, "rank1_ut")
+    new = cross_family_values(per_probe, {"a": ("new-without-a", ["a1", "a2"])}, "rank1_ut")
+    assert base == {("u", "1.jpg"): 0.0, ("u", "2.jpg"): 0.5, ("u", "3.jpg"): 0.0}
+    diff = paired_difference(base, new)
+    assert diff["n"] == 3 and diff["value"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert 0 < diff["low"] <= diff["value"] <= diff["high"] <= 1  # every probe gained: the interval excludes 0
+    assert paired_difference(base, {("v", "x.jpg"): 1.0}) is None  # no shared probe, no comparison
+
+    rate = {"value": 0.5, "n": 3, "low": 0.2, "high": 0.8}
+    section = {"metrics": ["rank1_ut", "psr_dodge_far1e-3"], "mean": {"rank1_ut": rate, "psr_dodge_far1e-3": rate}}
+    results = {"settings": {"far_strict": 1e-3},
+               "summary": [{"method": "base-without-a", "transform": "none", "seconds": 2.0},
+                           {"method": "new-without-a", "transform": "none", "seconds": 3.0}],
+               "cross_family": {"base": {**section, "methods": {"a": "base-without-a"}},
+                                "new": {**section, "methods": {"a": "new-without-a"},
+                                        "versus": {"against": "base", "rank1_ut": diff, "psr_dodge_far1e-3": None}}}}
+    headers, table = recipe_comparison_rows(results)
+    assert headers[3] == "Rank-1-UT vs base"
+    assert table[0][3] == "(reference)" and table[0][5] == "2.00"
+    assert table[1][3].startswith("+0.67 [+") and table[1][4] == "-" and table[1][5] == "3.00"
+    assert recipe_comparison_rows({**results, "cross_family": {"base": results["cross_family"]["base"]}}) == ([], [])
+
+
+def test_a_judged_recipe_with_a_bad_setting_is_refused_with_one_line(tmp_path, capsys):
+    from edgecloak.cli.main import main
+
+    for spec, message in (("balanced+ti_sigma", "KEY=VALUE"), ("balanced+warp=3", "unknown TIP-IM setting 'warp'"),
+                          ("balanced+ti_sigma=-1", "ti_sigma")):
+        assert main(["eval", "-o", str(tmp_path / "out"), "--cross-family", spec]) != 0
+        assert message in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_refuses_an_unknown_cross_family_preset_with_one_line(tmp_path, capsys):
     from edgecloak.cli.main import main
     from edgecloak.errors import UsageError

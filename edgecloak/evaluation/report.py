@@ -195,6 +195,45 @@ def cross_family_caption(results: dict, preset: str) -> str:
                "among the evaluators)." if skipped else ""))
 
 
+def recipe_comparison_rows(results: dict) -> tuple[list[str], list[list[Any]]]:
+    """Every recipe judged by leave-one-family-out, side by side: its mean over families, the
+    difference to the first recipe paired over probes (value [95% interval]), and its cost (seconds
+    per photo, the mean over its held-out runs). Empty when fewer than two recipes were judged."""
+    sections = results.get("cross_family") or {}
+    if len(sections) < 2:
+        return [], []
+    first = next(iter(sections))
+    far_strict = results["settings"].get("far_strict", 1e-3)
+    headers = ["recipe", "cross-family Rank-1-UT", f"PSR dodge @FAR {far_strict:g}",
+               f"Rank-1-UT vs {first}", "PSR dodge vs", "s/photo", "n"]
+    seconds = {s["method"]: s["seconds"] for s in results["summary"] if s["transform"] == "none"}
+
+    def rate(d: dict | None) -> str:
+        return "-" if d is None else Rate.from_dict(d).interval()
+
+    def delta(d: dict | None) -> str:
+        return "-" if d is None else f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+    rows = []
+    for spec, section in sections.items():
+        r1_key, dodge_key = section["metrics"]
+        versus = section.get("versus") or {}
+        cost = [seconds[m] for m in section["methods"].values() if seconds.get(m) is not None]
+        n = next((d["n"] for d in section["mean"].values() if d), None)
+        rows.append([spec, rate(section["mean"][r1_key]), rate(section["mean"][dodge_key]),
+                     "(reference)" if spec == first else delta(versus.get(r1_key)),
+                     "" if spec == first else delta(versus.get(dodge_key)),
+                     f"{np.mean(cost):.2f}" if cost else "-", n])
+    return headers, rows
+
+
+RECIPE_COMPARISON_CAPTION = (
+    "Each recipe's mean over the held-out families, and its difference to the first recipe paired over the "
+    "same probes (mean difference [95% bootstrap interval]): a difference whose interval holds 0 is inside the "
+    "noise. s/photo: the mean over the recipe's held-out runs (each on its surrogates outside one family), "
+    "on this run's machine.")
+
+
 def headline_markdown(results: dict) -> str:
     """The headline table, as Markdown (pasted into the README), then the protection rates with
     their 95% intervals and that table's caption (results written before the intervals: the
@@ -207,6 +246,10 @@ def headline_markdown(results: dict) -> str:
         headers, rows = cross_family_rows(results, preset)
         text += "\n" + render_markdown([("p", f"Cross-family transfer (leave one family out): {preset}"),
                                         ("table", headers, rows), ("p", cross_family_caption(results, preset))])
+    headers, rows = recipe_comparison_rows(results)
+    if rows:
+        text += "\n" + render_markdown([("p", "Recipes compared by cross-family transfer"), ("table", headers, rows),
+                                        ("p", RECIPE_COMPARISON_CAPTION)])
     return text
 
 
@@ -434,6 +477,10 @@ def report_blocks(results: dict, figures: dict[str, str]) -> list[tuple]:
         headers, rows = cross_family_rows(results, preset)
         blocks += [("h", 3, f"Cross-family transfer (leave one family out): {preset}"),
                    ("table", headers, rows), ("p", cross_family_caption(results, preset))]
+    headers, rows = recipe_comparison_rows(results)
+    if rows:
+        blocks += [("h", 3, "Recipes compared by cross-family transfer"), ("table", headers, rows),
+                   ("p", RECIPE_COMPARISON_CAPTION)]
     goals = _goal_lines(results)
     if goals:
         blocks += [("h", 3, "Against the goals (white-box Rank-1-T >= 0.95, black-box Rank-1-UT >= 0.80, "
