@@ -101,7 +101,7 @@ class EvalCommand:
             cross_family = tuple(dict.fromkeys(n for names in args.cross_family for n in names))
             for spec in cross_family:  # an unknown preset or setting: one UsageError line, before any work
                 preset, overrides = judged_recipe(spec)
-                resolve(preset, settings=overrides)
+                resolve(preset, surrogates=overrides.pop("surrogates", None), settings=overrides)
             settings = EvalSettings(out=args.out, identities=args.identities, seed=args.seed, backend=args.backend,
                                     far=args.far, cache_dir=args.cache, bundles=bundles, cross_family=cross_family,
                                     **fan_out_from(args), **chosen)

@@ -157,12 +157,15 @@ def sweep_methods(backend: str = "auto", seed: int = 0) -> list[ProtectionMethod
 
 def judged_recipe(spec: str) -> tuple[str, dict[str, Any]]:
     """The preset and settings of a recipe to judge: ``PRESET`` or ``PRESET+KEY=VALUE+KEY=VALUE...``
-    (``TIPIMConfig`` fields; a value is read as an int, a float, ``none`` or else a string). The
-    settings are checked when the recipe is resolved.
+    (``TIPIMConfig`` fields; a value is read as an int, a float, ``none`` or else a string; and
+    ``surrogates=A/B/C``, the preset on other surrogates). The settings are checked when the recipe
+    is resolved.
 
     Example:
         >>> judged_recipe("balanced+ti_sigma=1.5+surrogate_weighting=normalised")
         ('balanced', {'ti_sigma': 1.5, 'surrogate_weighting': 'normalised'})
+        >>> judged_recipe("edge+surrogates=mobileface/faceres")
+        ('edge', {'surrogates': ('mobileface', 'faceres')})
         >>> judged_recipe("balanced+steps")
         Traceback (most recent call last):
         ...
@@ -175,6 +178,9 @@ def judged_recipe(spec: str) -> tuple[str, dict[str, Any]]:
         if not sep or not key or not text:
             raise UsageError(f"{spec!r}: write each setting as KEY=VALUE after a '+'")
         value: Any = None if text.lower() == "none" else text
+        if key == "surrogates":
+            settings[key] = tuple(text.split("/"))
+            continue
         for kind in (int, float):
             try:
                 value = kind(text)
@@ -202,7 +208,8 @@ def cross_family_methods(spec: str, backend: str = "auto", seed: int = 0, evalua
         1
     """
     preset, overrides = judged_recipe(spec)
-    surrogates = resolve(preset, settings=overrides).surrogates
+    chosen = overrides.pop("surrogates", None)
+    surrogates = resolve(preset, surrogates=chosen, settings=overrides).surrogates
     methods: list[ProtectionMethod] = []
     for family, members in FAMILIES.items():
         name = f"{spec}-without-{family}"
