@@ -45,7 +45,7 @@ OBJECTIVE = "cross_family_rank1_ut"
 HELD_OUT = ("faceres-deep", "facenet-keras")  # evaluators no sweep point optimises on (siblings of surrogates)
 ELIGIBLE = {"white_box_rank1_t": 0.9, "self_check_passed": 0.8}  # what every preset must keep
 BALANCED_SHARE = 0.75  # balanced: the cheapest point with this share of max's gain over fast
-SURROGATE_SHORT = {"mobileface": "m", "faceres": "f", "facenet-casia": "c"}
+SURROGATE_SHORT = {"mobileface": "m", "faceres": "f", "facenet-casia": "c", "faceres-deep": "d", "facenet-keras": "k"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,13 @@ def sweep_points(quick: bool = False) -> list[BudgetPoint]:
         # the paper's loop on two and three surrogates
         _point(mf, 50, "ensemble", alpha=1.5),
         _point(mfc, 50, "ensemble", alpha=1.5),
+        # transfer techniques on the default's budget, and all five recognizers at about its cost
+        # (judged by leave-one-family-out; docs/transfer.md has the first measurement)
+        _point(mfc, 16, "transfer", "-r4-ti1", rescore_every=4, ti_sigma=1.0, baseline="m+f+c-n16-r4"),
+        _point(mfc, 16, "transfer", "-r4-norm", rescore_every=4, surrogate_weighting="normalised",
+               baseline="m+f+c-n16-r4"),
+        _point(("mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras"), 10, "transfer", "-r4",
+               rescore_every=4, baseline="m+f+c-n16-r4"),
     ]
 
 

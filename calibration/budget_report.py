@@ -20,7 +20,7 @@ from .budget import ELIGIBLE, HELD_OUT, OBJECTIVE, eligible, pareto_front
 OBJECTIVE_LABEL = "cross-family Rank-1-UT (leave one family out)"
 
 AXIS_COLOURS = {"steps": "tab:blue", "targets": "tab:purple", "diversity": "tab:brown", "mmd": "tab:pink",
-                "rescore": "tab:orange", "progressive": "tab:olive", "ensemble": "tab:green"}
+                "rescore": "tab:orange", "progressive": "tab:olive", "ensemble": "tab:green", "transfer": "tab:red"}
 
 
 def plotted(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:

@@ -158,7 +158,7 @@ def test_the_sweep_runs_each_points_families_left_out(monkeypatch, tmp_path):
 def test_every_sweep_axis_the_issue_names_is_measured():
     points = sweep_points()
     axes = {p.axis for p in points}
-    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble"} <= axes
+    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble", "transfer"} <= axes
     names = [p.name for p in points]
     assert len(names) == len(set(names))  # names key the cached photos
     by_name = {p.name: p for p in points}

@@ -408,9 +408,20 @@ def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
     return probes
 
 
+def protected_folder(out: Path, method: ProtectionMethod) -> Path:
+    """Where a method's protected photos are kept: one folder per name and settings hash. A name may
+    hold a '/' (``balanced+surrogates=a/b``): it is written as '_' so the folder stays one level.
+
+    Example:
+        >>> protected_folder(Path("out"), NoiseBaseline(eps=12.0)).name
+        'noise-b06782f3ef'
+    """
+    return Path(out) / "protected" / f"{method.name.replace('/', '_')}-{method.key()}"
+
+
 def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path, progress: bool) -> list[dict]:
     """Protect every probe (or read it back from an earlier run); one record per probe."""
-    folder = out / "protected" / f"{method.name}-{method.key()}"
+    folder = protected_folder(out, method)
     records, prepared = [], False
     bar = _progress(len(probes), f"protect {method.name}", progress)
     try:
@@ -461,7 +472,7 @@ def _protect_job(job: tuple) -> str:
 
 
 def _protected_already(method: ProtectionMethod, probes: list[Probe], out: Path) -> bool:
-    folder = out / "protected" / f"{method.name}-{method.key()}"
+    folder = protected_folder(out, method)
     return all((folder / p.identity / f"{p.path.stem}.json").exists() for p in probes)
 
 
