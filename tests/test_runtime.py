@@ -366,15 +366,21 @@ def test_user_target_photos_are_embedded_by_the_runtime(mobileface_bundle, sampl
         protector.targets_from_photos([tmp_path / "wall.png"])
 
 
-def test_rescoring_every_r_steps_embeds_one_candidate_in_between(mobileface_bundle, sample_face):
-    """rescore_every 4 over 8 steps: K candidates embedded at steps 0 and 4, one at the other 6; the
-    protection is still made (the gain rises) and the budget holds."""
+def loop_inputs(protector, sample_face):
+    """(targets, FaceRegion, region pixels [1,3,h,w] float32) of the sample face: what the loop takes."""
     image, face = sample_face
-    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
     targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
     region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
     x0, y0, x1, y1 = region.box
     pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    return targets, region, pixels
+
+
+def test_rescoring_every_r_steps_embeds_one_candidate_in_between(mobileface_bundle, sample_face):
+    """rescore_every 4 over 8 steps: K candidates embedded at steps 0 and 4, one at the other 6; the
+    protection is still made (the gain rises) and the budget holds."""
+    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+    targets, region, pixels = loop_inputs(protector, sample_face)
     engine = protector.engines[0]
     batches: list[int] = []
     real_embed = engine.embed

@@ -8,14 +8,13 @@ import pytest
 
 from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
 from edgecloak.runtime.config import TIPIMConfig
-from edgecloak.runtime.face_region import FaceRegion
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.smoothing import photo_pixels_per_face_pixel, smooth_planes
 from edgecloak.runtime.tipim import RuntimeTIPIM
 from edgecloak.errors import UsageError
 from edgecloak.recipe import resolve
 
-from test_runtime import mobileface_bundle, sample_face  # noqa: F401  (session fixtures)
+from test_runtime import loop_inputs, mobileface_bundle, sample_face  # noqa: F401  (session fixtures)
 
 
 def test_smooth_planes_blurs_each_plane_alone_and_in_place():
@@ -62,12 +61,8 @@ def test_bad_technique_settings_are_refused(bad):
 
 
 def _run(bundle, sample_face, **settings):
-    image, face = sample_face
     protector = RuntimeProtector.from_bundle(bundle, "onnxruntime")
-    targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
-    region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
-    x0, y0, x1, y1 = region.box
-    pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+    targets, region, pixels = loop_inputs(protector, sample_face)
     result = RuntimeTIPIM(protector.engines, TIPIMConfig(steps=6, **settings)).run(pixels, region, targets)
     return result, pixels
 
