@@ -48,16 +48,16 @@ def test_a_converted_bundle_records_its_figures_and_a_failed_gate_is_refused_or_
     from edgecloak.runtime.protector import RuntimeProtector
 
     fp32 = default_bundle(["mobileface"], 10)
-    # The end-to-end gate, scored by the fp32 recognizer on 5 probes. Which probes a loop protects is a
+    # The end-to-end gate, scored by the fp32 recognizer on 10 probes. Which probes a loop protects is a
     # trajectory property (sign steps are chaotic: another rounding, another trajectory), so the
-    # verdict on 5 probes is not a property of the code: measured (scripts/measure_drift.py) fp32 5/5
-    # and fp16 4/5, exactly the one probe the gate allows, but fp32 4/5 with ORT's basic graph
-    # optimisation. The figures and the verdict are checked for what they are (written with
-    # allow_failed_gate, whatever the verdict).
+    # verdict on so few probes is not a property of the code: measured on the earlier 5-probe protocol
+    # (scripts/measure_drift.py) fp32 5/5 and fp16 4/5, exactly the one probe the gate allows, but fp32
+    # 4/5 with ORT's basic graph optimisation. The figures and the verdict are checked for what they
+    # are (written with allow_failed_gate, whatever the verdict).
     figures = convert_bundle(fp32, tmp_path / "fp16-e2e", "fp16", e2e_probes=1, allow_failed_gate=True)
     e2e = figures["mobileface"]["protection"]
     rank1_t = e2e["white_box_rank1_t"]
-    assert e2e["allowed_drop"] == pytest.approx(1 / 5)  # one probe of five
+    assert e2e["allowed_drop"] == pytest.approx(1 / 10)  # one probe of ten (one per user)
     assert e2e["passed"] == (rank1_t["fp16"] >= rank1_t["fp32"] - e2e["allowed_drop"] - 1e-9)
     assert figures["mobileface"]["passed"] == e2e["passed"]  # the gradient gate passes (below): the e2e verdict decides
     assert rank1_t["fp32"] >= 0.4 and rank1_t["fp16"] >= 0.4  # both protect (4/5 or 5/5 measured): real scores
