@@ -71,9 +71,8 @@ class EvalCommand:
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         # optional: the eval extra (torch recognizers, matplotlib), which a device install lacks
-        from edgecloak.evaluation.harness import EvalSettings, judged_recipe, run_evaluation
+        from edgecloak.evaluation.harness import EvalSettings, run_evaluation
         from edgecloak.evaluation.report import headline_markdown, write_report
-        from edgecloak.recipe import resolve
 
         if args.report_only:
             path = args.out / "results.json"
@@ -99,9 +98,6 @@ class EvalCommand:
                     raise UsageError(f"--bundle {item!r}: give NAME=PATH")
                 bundles[name] = Path(path)
             cross_family = tuple(dict.fromkeys(n for names in args.cross_family for n in names))
-            for spec in cross_family:  # an unknown preset or setting: one UsageError line, before any work
-                preset, overrides = judged_recipe(spec)
-                resolve(preset, surrogates=overrides.pop("surrogates", None), settings=overrides)
             settings = EvalSettings(out=args.out, identities=args.identities, seed=args.seed, backend=args.backend,
                                     far=args.far, cache_dir=args.cache, bundles=bundles, cross_family=cross_family,
                                     **fan_out_from(args), **chosen)

@@ -124,9 +124,13 @@ def _rate_keys(results: dict) -> list[tuple[str, str]]:
             (target, f"PSR target @FAR {far_strict:g}")]
 
 
-def _rate_cell(summary: dict, key: str) -> str:
-    d = summary.get(f"{key}_rate")
+def _rate_text(d: dict | None) -> str:
+    """A ``Rate`` dict as "value [low, high]", or "-" where there is none."""
     return "-" if d is None else Rate.from_dict(d).interval()
+
+
+def _rate_cell(summary: dict, key: str) -> str:
+    return _rate_text(summary.get(f"{key}_rate"))
 
 
 def interval_rows(results: dict) -> tuple[list[str], list[list[Any]]]:
@@ -174,7 +178,7 @@ def cross_family_rows(results: dict, preset: str) -> tuple[list[str], list[list[
     def cells(rates: dict) -> list[Any]:
         r1, psr = rates.get("rank1_ut"), rates.get(dodge)
         n = next((d["n"] for d in (r1, psr) if d), None)
-        return [*("-" if d is None else Rate.from_dict(d).interval() for d in (r1, psr)), n]
+        return [_rate_text(r1), _rate_text(psr), n]
 
     rows = [[family, "+".join(section["surrogates"][family]), ", ".join(section["scored_on"][family]), *cells(rates)]
             for family, rates in section["matrix"].items()]
@@ -208,9 +212,6 @@ def recipe_comparison_rows(results: dict) -> tuple[list[str], list[list[Any]]]:
                f"Rank-1-UT vs {first}", "PSR dodge vs", "s/photo", "n"]
     seconds = {s["method"]: s["seconds"] for s in results["summary"] if s["transform"] == "none"}
 
-    def rate(d: dict | None) -> str:
-        return "-" if d is None else Rate.from_dict(d).interval()
-
     def delta(d: dict | None) -> str:
         return "-" if d is None else f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
@@ -220,7 +221,7 @@ def recipe_comparison_rows(results: dict) -> tuple[list[str], list[list[Any]]]:
         versus = section.get("versus") or {}
         cost = [seconds[m] for m in section["methods"].values() if seconds.get(m) is not None]
         n = next((d["n"] for d in section["mean"].values() if d), None)
-        rows.append([spec, rate(section["mean"][r1_key]), rate(section["mean"][dodge_key]),
+        rows.append([spec, _rate_text(section["mean"][r1_key]), _rate_text(section["mean"][dodge_key]),
                      "(reference)" if spec == first else delta(versus.get(r1_key)),
                      "" if spec == first else delta(versus.get(dodge_key)),
                      f"{np.mean(cost):.2f}" if cost else "-", n])
