@@ -86,6 +86,16 @@ def _extras(row: dict[str, Any]) -> str:
         parts.append(f"settle after {s['settle_after']}")
     if row.get("num_targets"):
         parts.append(f"K {row['num_targets']}")
+    if s.get("ti_sigma"):
+        parts.append(f"TI {s['ti_sigma']:g}")
+    if s.get("surrogate_weighting", "equal") != "equal":
+        parts.append(f"{s['surrogate_weighting']} weighting")
+    if s.get("support", "box") != "box":
+        parts.append(f"{s['support']} support")
+    if s.get("perceptual"):
+        parts.append(f"perceptual {s['perceptual']:g}")
+    if s.get("chroma", 1.0) != 1.0:
+        parts.append(f"chroma {s['chroma']:g}")
     if row["retries"] != 1:
         parts.append(f"{row['retries']} retries")
     return ", ".join(parts)
@@ -156,11 +166,13 @@ def budget_blocks(calibration: dict[str, Any], figure: str | None) -> list[tuple
     blocks.append(("h", 2, "Every point"))
     blocks.append(("table", ["point", "varies", "surrogates", "N", "settings", "s/photo", "steps/face",
                              "cross-family R1-UT", *(f"without {f}" for f in FAMILIES), "unseen R1-UT (siblings)",
-                             *HELD_OUT, "white-box R1-T", "self-check", "face PSNR"],
+                             *HELD_OUT, "white-box R1-T", "self-check", "face PSNR", "face SSIM", "photo PSNR",
+                             "change off the face"],
                    [[r["name"], r["axis"], "+".join(r["surrogates"]), r["settings"]["steps"], _extras(r), r["seconds"],
                      r["steps"], r.get(OBJECTIVE), *((r.get("cross_family") or {}).get(f) for f in FAMILIES),
                      r.get("unseen_rank1_ut"), *((r.get("held_out") or {}).get(e) for e in HELD_OUT),
-                     r["white_box_rank1_t"], r["self_check_passed"], r["psnr_face"]] for r in rows]))
+                     r["white_box_rank1_t"], r["self_check_passed"], r["psnr_face"], r.get("ssim_face"),
+                     r.get("psnr_photo"), r.get("outside_face")] for r in rows]))
     savings = savings_rows(rows)
     if savings:
         blocks.append(("h", 2, "What the cheaper variants save and cost"))

@@ -89,9 +89,10 @@ def run_sweep(out, points: Sequence[BudgetPoint], probes_per_identity: int = 4, 
 
 def calibrate(out, quick: bool = False, probes_per_identity: int = 4, backend: str = "auto", seed: int = 0,
               install: bool = False, progress: bool = True, log=print, workers: int = 1, ray: bool = False,
-              ray_address: str | None = None) -> dict[str, Any]:
+              ray_address: str | None = None, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Sweep, choose fast / balanced / max, write ``out``/calibration.json, presets.json and the report
     (``install``: also ``$EDGECLOAK_HOME/presets.json``, used by every later run on this machine).
+    ``only``: sweep just these grid points (``sweep_points``); the presets are chosen among them.
 
     Returns the calibration (``chosen`` is empty when no point is eligible; nothing is installed then).
 
@@ -101,7 +102,7 @@ def calibrate(out, quick: bool = False, probes_per_identity: int = 4, backend: s
         ['balanced', 'fast', 'max']
     """
     out = Path(out)
-    points = sweep_points(quick)
+    points = sweep_points(quick, only)
     results, rows = run_sweep(out, points, probes_per_identity, backend, seed, progress, log, workers, ray, ray_address)
     try:
         chosen = choose_presets(rows)
@@ -112,7 +113,8 @@ def calibrate(out, quick: bool = False, probes_per_identity: int = 4, backend: s
     meta = {
         "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
         "command": "edgecloak calibrate presets" + (" --quick" if quick else "")
-                   + (f" --probes {probes_per_identity}" if probes_per_identity != 4 else ""),
+                   + (f" --probes {probes_per_identity}" if probes_per_identity != 4 else "")
+                   + (f" --points {','.join(p.name for p in points)}" if only is not None else ""),
         "probes": len(results["protocol"]["probes"]), "users": len(results["protocol"]["users"]),
         "eval_targets": len(results["protocol"]["users"]) - 1, "backend": "; ".join(backends) or backend,
         "git_commit": results["versions"].get("git_commit"),

@@ -127,8 +127,24 @@ class TIPIMConfig(AttackConfig):
         "equal: the surrogates' losses averaged (the paper); normalised: each surrogate's gradient scaled "
         "to the same mean magnitude before they are summed"))
 
+    # What people see (``runtime.budget_map``; defaults: the paper's region and a flat budget). The
+    # L_inf promise holds in every case: no pixel moves by more than eps.
+    support: Literal["box", "face"] = field(default="box", metadata=_flag(
+        "where the mask may live: box (the face region's rectangle, faded at its edges) or face (a feathered "
+        "ellipse from forehead to chin; the background never changes)"))
+    perceptual: float = field(default=0.0, metadata=_flag(
+        "strength 0..1 of the perceptual budget: less change on flat skin, smooth gradients, near black and "
+        "white, the full eps only in texture (default 0: eps everywhere)"))
+    chroma: float = field(default=1.0, metadata=_flag(
+        "share 0..1 of each step's colour change kept (0: brightness changes only; greyscale photos always "
+        "get 0 and stay greyscale; default 1)"))
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.support not in ("box", "face"):
+            raise ValueError(f"support must be 'box' or 'face', got {self.support!r}")
+        if not 0 <= self.perceptual <= 1 or not 0 <= self.chroma <= 1:
+            raise ValueError("perceptual and chroma must be in [0, 1]")
         if self.ti_sigma < 0 or self.smooth_sigma < 0 or not 0 <= self.smooth_probability <= 1:
             raise ValueError("ti_sigma and smooth_sigma must be >= 0 and smooth_probability in [0, 1]")
         if self.surrogate_weighting not in ("equal", "normalised"):

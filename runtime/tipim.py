@@ -16,7 +16,9 @@ and settings the result matches the oracle's (see tests/test_runtime.py).
 Beyond the paper, three transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
 ``surrogate_weighting``; all off by default, and then the loop is the oracle's step for step):
 Gaussian smoothing of the gradient (translation invariance), a smoothed copy of the image as an
-input transform, and per-surrogate gradient normalisation (see ``runtime.smoothing``).
+input transform, and per-surrogate gradient normalisation (see ``runtime.smoothing``). And what
+people see: the per-pixel budget (``TIPIMConfig.support``, ``perceptual``) and the colour share of
+each step (``chroma``; a greyscale photo stays greyscale) come from ``runtime.budget_map``.
 
 Example:
     >>> loop = RuntimeTIPIM(engines, TIPIMConfig(steps=20))           # doctest: +SKIP
@@ -35,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backends.base import SurrogateEngine
+from .budget_map import budget_map, chroma_direction, is_greyscale
 from .config import TIPIMConfig
 from .diversity import sample_augmentations, sample_jitter
 from .face_region import FaceRegion
@@ -183,7 +186,8 @@ class RuntimeTIPIM:
             c = np.zeros((1, e.files.num_targets, e.files.embedding_dim), np.float32)
             c[0, :k] = 2.0 * self.weights[e.id] * (real[e.id] - targets.embeddings[e.id])
             cotangents[e.id] = c
-        limit = (np.float32(cfg.eps) * face.edge_weight_map())[None, None]
+        limit = budget_map(x0, face, cfg.eps, cfg.support, cfg.perceptual)
+        chroma = 0.0 if is_greyscale(x0) else cfg.chroma  # a greyscale photo stays greyscale
         face_px = photo_pixels_per_face_pixel(face.landmarks)  # the transfer techniques' sigmas, in photo px
         bounds = self.bounds(x0, limit)
         x = x0.copy() if start is None else self.project(np.asarray(start, np.float32), x0, bounds)
@@ -234,6 +238,7 @@ class RuntimeTIPIM:
             if cfg.gamma > 0:
                 _, g_mmd = mmd_gradient(x, x0, sample_augmentations(cfg.mmd_batch, rng), weight=cfg.gamma)
                 grads[:n] += g_mmd
+            chroma_direction(grads[:n], chroma)
             np.multiply(momentum, np.float32(cfg.mu), out=carried)
 
             def candidate_rows(lo: int, hi: int, _tag: str) -> None:
@@ -268,6 +273,8 @@ class RuntimeTIPIM:
             if cfg.stop_margin is not None and self.fooled(emb, best, real, targets, cfg.stop_margin):
                 break
         out = self.finalise(best_x if cfg.keep_best else x, x0, limit)
+        if start is not None:  # where this face may not change anything, keep what an earlier face did
+            out = np.where(np.floor(limit) > 0, out, np.asarray(start, np.float32))
         target_index = int(self.gain(self.embed(out, plain), real, targets)[0].argmax())
         clock.lap("other")
         return RuntimeResult(region=out, target_index=target_index, gains=gains, seconds=dict(clock.totals))

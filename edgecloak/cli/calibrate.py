@@ -49,6 +49,9 @@ class CalibrateCommand:
                        help="folder for calibration.json, presets.json, report.md/html, pareto.png (resumable)")
         b.add_argument("--quick", action="store_true", help="three points on one surrogate (a first look, ~2 min)")
         b.add_argument("--probes", type=int, default=4, help="probe photos per user (default 4: 40 probes)")
+        b.add_argument("--points", default=None,
+                       help="comma-separated grid points to sweep (default: the whole grid; the presets are "
+                            "chosen among those measured)")
         b.add_argument("--backend", default="auto", help="runtime backend the points run on (default auto)")
         b.add_argument("--seed", type=int, default=0, help="random seed of the loop (default 0)")
         b.add_argument("--install", action="store_true",
@@ -62,8 +65,9 @@ class CalibrateCommand:
 
         if args.probes < 1:
             raise UsageError("--probes must be >= 1")
+        only = None if args.points is None else [p.strip() for p in args.points.split(",") if p.strip()]
         calibration = calibrate(args.out, args.quick, args.probes, args.backend, args.seed, args.install,
-                                **fan_out_from(args))
+                                only=only, **fan_out_from(args))
         def fmt(v: float | None) -> str:
             return "-" if v is None else f"{v:.2f}"
 

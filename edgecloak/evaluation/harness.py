@@ -58,12 +58,14 @@ from edgecloak.presets import CHOSEN
 from edgecloak.recipe import resolve
 from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.backends import BACKENDS
+from edgecloak.runtime.budget_map import face_support
+from edgecloak.runtime.face_region import FaceRegion
 from edgecloak.runtime.image_io import load_image, save_image_atomic
 from edgecloak.runtime.paths import edgecloak_home
 
 from .evaluators import Evaluators
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
-from .metrics import (Rate, accepted, bootstrap_interval, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
+from .metrics import (Rate, accepted, bootstrap_interval, change_outside, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
                       threshold_at_far)
 from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
@@ -408,6 +410,13 @@ def _load_probes(split, users: Sequence[str], evaluators) -> list[Probe]:
     return probes
 
 
+def photo_face_support(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """[h, w] the face's support (``runtime.budget_map.face_support``) over the whole photo: what the
+    evaluation calls the face when it measures how much of a mask lies off it (any method's)."""
+    h, w = image.shape[:2]
+    return face_support(FaceRegion(landmarks, (0, 0, w, h), {}, image_hw=(h, w)))
+
+
 def protected_folder(out: Path, method: ProtectionMethod) -> Path:
     """Where a method's protected photos are kept: one folder per name and settings hash. A name may
     hold a '/' (``balanced+surrogates=a/b``): it is written as '_' so the folder stays one level.
@@ -447,6 +456,7 @@ def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path
                     "failed": failed, "max_change": int(np.abs(image.astype(int) - probe.image.astype(int)).max()),
                     "psnr_face": psnr(face0, face1), "ssim_face": ssim(face0, face1),
                     "psnr_photo": psnr(probe.image, image), "ssim_photo": ssim(probe.image, image),
+                    "outside_face": change_outside(probe.image, image, photo_face_support(probe.image, probe.landmarks)),
                     "backend": getattr(method, "backend_description", None), "self_check": self_check,
                     "steps": steps,
                 }
@@ -554,8 +564,9 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict], 
     psr = psr_keys(far_strict)
     out = []
     quality = {}
-    for k in ("psnr_face", "ssim_face", "psnr_photo", "ssim_photo", "seconds"):
-        finite = [r[k] for r in records if np.isfinite(r[k])]  # PSNR of an unchanged photo is inf
+    for k in ("psnr_face", "ssim_face", "psnr_photo", "ssim_photo", "outside_face", "seconds"):
+        # PSNR of an unchanged photo is inf; photos protected before a measure existed lack it
+        finite = [r[k] for r in records if r.get(k) is not None and np.isfinite(r[k])]
         quality[k] = float(np.mean(finite)) if finite else None
     for transform in dict.fromkeys(r["transform"] for r in rows):
         checks = [r["self_check"] for r in records if r.get("self_check") is not None]

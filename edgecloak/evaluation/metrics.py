@@ -354,6 +354,30 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
+def dssim(ssim_value: float | None) -> float | None:
+    """Structural dissimilarity (1 - SSIM) / 2: the budget measure Fawkes reports (0: identical).
+
+    Example:
+        >>> dssim(0.93)
+        0.035
+    """
+    return None if ssim_value is None else round((1.0 - ssim_value) / 2.0, 12)
+
+
+def change_outside(original: np.ndarray, changed: np.ndarray, support: np.ndarray) -> float:
+    """The share of a mask's total change (sum of |changed - original| over pixels and channels)
+    that lies where ``support`` [h, w] is 0: the budget spent off the face (0 when nothing changed).
+
+    Example:
+        >>> a = np.zeros((2, 2, 3), np.uint8); b = a.copy(); b[0, 0] = 3; b[1, 1] = 1
+        >>> change_outside(a, b, np.array([[1.0, 0.0], [0.0, 0.0]]))
+        0.25
+    """
+    delta = np.abs(changed.astype(np.int16) - original.astype(np.int16)).sum(axis=2)
+    total = float(delta.sum())
+    return 0.0 if total == 0 else float(delta[support <= 0].sum()) / total
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01,
     K2 0.03, L 255), averaged over channels."""
