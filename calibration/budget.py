@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecloak.errors import UsageError
-from edgecloak.evaluation.protocol import DEFAULT_EVALUATORS, FAMILIES
+from edgecloak.evaluation.protocol import DEFAULT_EVALUATORS, FAMILIES, families_left_out
 from edgecloak.presets import CHOSEN, SHIPPED
 from edgecloak.runtime.atomic import write_json_atomic
 
@@ -165,14 +165,10 @@ def held_out_runs(point: BudgetPoint, evaluators: Sequence[str] = DEFAULT_EVALUA
         >>> held_out_runs(BudgetPoint("m-n8", ("mobileface",)), evaluators=("mobileface", "faceres"))
         {'faceres': ('m-n8', ('mobileface',))}
     """
-    runs = {}
-    for family, members in FAMILIES.items():
-        remaining = tuple(s for s in point.surrogates if s not in members)
-        if not remaining or not any(e in members for e in evaluators):
-            continue
-        runs[family] = (point.name if remaining == tuple(point.surrogates) else f"{point.name}-without-{family}",
-                        remaining)
-    return runs
+    return {family: (point.name if remaining == tuple(point.surrogates) else f"{point.name}-without-{family}",
+                     remaining)
+            for family, remaining in families_left_out(point.surrogates, evaluators).items()
+            if not isinstance(remaining, str)}
 
 
 # ----------------------------------------------------------------------------------------------

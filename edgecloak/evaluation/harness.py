@@ -67,7 +67,7 @@ from .evaluators import Evaluators
 from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
 from .metrics import (Rate, accepted, bootstrap_interval, change_outside, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
                       threshold_at_far)
-from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, split_photos
+from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, families_left_out, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
 
 # TIP-IM with the paper's published loop settings: one surrogate, N 50, alpha 1.5, eps 12, no input
@@ -213,20 +213,15 @@ def cross_family_methods(spec: str, backend: str = "auto", seed: int = 0, evalua
     chosen = overrides.pop("surrogates", None)
     surrogates = resolve(preset, surrogates=chosen, settings=overrides).surrogates
     methods: list[ProtectionMethod] = []
-    for family, members in FAMILIES.items():
+    for family, remaining in families_left_out(surrogates, evaluators).items():
         name = f"{spec}-without-{family}"
-        remaining = tuple(s for s in surrogates if s not in members)
-        if not remaining:
-            reason = f"every surrogate of {preset} ({'+'.join(surrogates)}) is in the {family} family"
-        elif evaluators is not None and not any(e in members for e in evaluators):
-            reason = f"no evaluator of the {family} family ({', '.join(members)}) in this run"
-        else:
-            recipe = resolve(preset, surrogates=remaining, settings={**overrides, "seed": seed})
-            methods.append(CloakerMethod(name, recipe.surrogates, recipe.settings, backend, family=CROSS_FAMILY,
-                                         held_out_family=family))
+        if isinstance(remaining, str):  # why the family cannot be judged
+            if log is not None:
+                log(f"note: {name} skipped: {remaining}")
             continue
-        if log is not None:
-            log(f"note: {name} skipped: {reason}")
+        recipe = resolve(preset, surrogates=remaining, settings={**overrides, "seed": seed})
+        methods.append(CloakerMethod(name, recipe.surrogates, recipe.settings, backend, family=CROSS_FAMILY,
+                                     held_out_family=family))
     return methods
 
 

@@ -72,6 +72,32 @@ def family_of(recognizer_id: str) -> str:
     raise ValueError(f"recognizer {recognizer_id!r} is in no family; known: {known}")
 
 
+def families_left_out(surrogates: Sequence[str], evaluators: Sequence[str] | None = None
+                      ) -> dict[str, tuple[str, ...] | str]:
+    """Leave-one-family-out for an ensemble: per family F (``FAMILIES`` order), the surrogates outside
+    F, or, where F cannot be judged, why (a string): no surrogate remains without F, or none of F's
+    members is among ``evaluators`` (nothing would score it; None: every recognizer scores).
+
+    The one rule both ``edgecloak eval --cross-family`` and the presets' calibration follow.
+
+    Example:
+        >>> families_left_out(("mobileface", "faceres"))
+        {'mobileface': ('faceres',), 'faceres': ('mobileface',), 'facenet': ('mobileface', 'faceres')}
+        >>> families_left_out(("mobileface",), evaluators=("mobileface", "faceres"))["mobileface"]
+        'every surrogate (mobileface) is in the mobileface family'
+    """
+    out: dict[str, tuple[str, ...] | str] = {}
+    for family, members in FAMILIES.items():
+        remaining = tuple(s for s in surrogates if s not in members)
+        if not remaining:
+            out[family] = f"every surrogate ({'+'.join(surrogates)}) is in the {family} family"
+        elif evaluators is not None and not any(e in members for e in evaluators):
+            out[family] = f"no evaluator of the {family} family ({', '.join(members)}) in this run"
+        else:
+            out[family] = remaining
+    return out
+
+
 def _order_key(path: Path) -> str:
     return hashlib.sha256(Path(path).name.encode()).hexdigest()
 
