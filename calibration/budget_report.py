@@ -20,7 +20,8 @@ from .budget import ELIGIBLE, HELD_OUT, OBJECTIVE, eligible, pareto_front
 OBJECTIVE_LABEL = "cross-family Rank-1-UT (leave one family out)"
 
 AXIS_COLOURS = {"steps": "tab:blue", "targets": "tab:purple", "diversity": "tab:brown", "mmd": "tab:pink",
-                "rescore": "tab:orange", "progressive": "tab:olive", "ensemble": "tab:green", "transfer": "tab:red"}
+                "rescore": "tab:orange", "progressive": "tab:olive", "ensemble": "tab:green", "transfer": "tab:red",
+                "quality": "tab:cyan"}
 
 
 def plotted(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
@@ -43,21 +44,29 @@ def plot_pareto(rows: Sequence[dict[str, Any]], chosen: dict[str, dict], path: P
     plt = _plt()
     rows, fell_back = plotted(rows)
     chosen = dict(zip(chosen, plotted(list(chosen.values()))[0])) if chosen else {}
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    fig, (ax, qx) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 2]})
     for row in rows:
         ok = eligible(row)
         ax.scatter(row["seconds"], row[OBJECTIVE], s=46, color=AXIS_COLOURS.get(row["axis"], "grey"),
                    marker="o" if ok else "x", zorder=3)
         ax.annotate(row["name"], (row["seconds"], row[OBJECTIVE]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
+        if row.get("psnr_face") is not None:  # the quality axis: what people see
+            qx.scatter(row["psnr_face"], row[OBJECTIVE], s=46, color=AXIS_COLOURS.get(row["axis"], "grey"),
+                       marker="o" if ok else "x", zorder=3)
+            qx.annotate(row["name"], (row["psnr_face"], row[OBJECTIVE]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
     front = pareto_front([r for r in rows if eligible(r)])
     if front:
         ax.step([r["seconds"] for r in front], [r[OBJECTIVE] for r in front], where="post", color="black",
                 lw=1, alpha=0.6, label="Pareto front (eligible points)")
     for name, row in chosen.items():
-        ax.scatter(row["seconds"], row[OBJECTIVE], s=220, facecolors="none", edgecolors="red", lw=1.5, zorder=4)
-        ax.annotate(name, (row["seconds"], row[OBJECTIVE]), color="red", fontsize=10, weight="bold",
-                    xytext=(-10, -16), textcoords="offset points")
+        for axes, x in ((ax, row["seconds"]), (qx, row.get("psnr_face"))):
+            if x is None:
+                continue
+            axes.scatter(x, row[OBJECTIVE], s=220, facecolors="none", edgecolors="red", lw=1.5, zorder=4)
+            axes.annotate(name, (x, row[OBJECTIVE]), color="red", fontsize=10, weight="bold",
+                          xytext=(-10, -16), textcoords="offset points")
     for axis, colour in AXIS_COLOURS.items():
         if any(r["axis"] == axis for r in rows):
             ax.scatter([], [], color=colour, label=axis)
@@ -67,6 +76,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], chosen: dict[str, dict], path: P
     ax.set_title("Protection vs latency (x: not eligible as a preset)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    qx.set_xlabel("face PSNR (dB; higher: less visible)")
+    qx.set_title("Protection vs what people see")
+    qx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
