@@ -46,6 +46,7 @@ OBJECTIVE = "cross_family_rank1_ut"
 HELD_OUT = ("faceres-deep", "facenet-keras")  # siblings of the usual surrogates (white-box for all-five points)
 ELIGIBLE = {"white_box_rank1_t": 0.9, "self_check_passed": 0.8}  # what every preset must keep
 BALANCED_SHARE = 0.75  # balanced: the cheapest point with this share of max's gain over fast
+QUALITY_SLOWER = 1.2  # a quality variant may replace a chosen point if at most this much slower
 ALL_FIVE = ("mobileface", "faceres", "facenet-casia", "faceres-deep", "facenet-keras")  # every recognizer we have
 SURROGATE_SHORT = {"mobileface": "m", "faceres": "f", "facenet-casia": "c", "faceres-deep": "d", "facenet-keras": "k"}
 
@@ -191,18 +192,18 @@ def point_figures(results: dict, points: Sequence[BudgetPoint]) -> list[dict[str
     import numpy as np
 
     # the harness loads the recognizers' stack: imported here, so that this module stays light
-    from edgecloak.evaluation.harness import cross_family_values, held_out_values
+    from edgecloak.evaluation.harness import cross_family_values, held_out_values, paired_difference
     from edgecloak.evaluation.metrics import Rate, psr_keys
 
     run_settings = results.get("settings", {})
     evaluators = list(run_settings.get("evaluators") or DEFAULT_EVALUATORS)
     dodge_key = psr_keys(run_settings.get("far_strict", 1e-3))[0]
     per_probe = results.get("per_probe", [])
-    out = []
+    out, per_point = [], {}
     for p in points:
         held = {family: (name, [e for e in evaluators if e in FAMILIES[family]])
                 for family, (name, _) in held_out_runs(p, evaluators).items()}
-        rank1 = cross_family_values(per_probe, held, "rank1_ut")
+        rank1 = per_point[p.name] = cross_family_values(per_probe, held, "rank1_ut")
         dodge = cross_family_values(per_probe, held, dodge_key)
         by_family = {family: _mean(held_out_values(per_probe, name, members, "rank1_ut").values())
                      for family, (name, members) in held.items()}
@@ -231,6 +232,9 @@ def point_figures(results: dict, points: Sequence[BudgetPoint]) -> list[dict[str
             "white_box_rank1_t_jpeg75": summary["jpeg75"]["white_box_rank1_t"] if "jpeg75" in summary else None,
             "probes": clean["probes"],
         })
+    for row in out:  # paired over the same probes: what the variant changes against its baseline
+        base = per_point.get(row["baseline"] or "")
+        row["versus_baseline"] = paired_difference(base, per_point[row["name"]]) if base else None
     return out
 
 
@@ -262,26 +266,61 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def choose_presets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """fast / balanced / max from the eligible points' Pareto front (protection: ``OBJECTIVE``).
+    """fast / balanced / max from the eligible points' Pareto front (protection: ``OBJECTIVE``), each
+    then replaced by its best-looking quality variant where that costs no measurable protection
+    (``quality_variant``).
 
     fast: the cheapest eligible point. max: the most protective (cheapest among ties). balanced: the
-    cheapest front point with at least ``BALANCED_SHARE`` of max's protection gain over fast.
-    Raises ``ValueError`` when no point is eligible.
+    cheapest front point with at least ``BALANCED_SHARE`` of max's protection gain over fast. The
+    front is made of the points that vary protection and cost; the quality axis (same recipe, a
+    different budget map) is judged against its baseline only. Raises ``ValueError`` when no point
+    is eligible.
 
     Example:
-        >>> ok = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0}
+        >>> ok = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0, "axis": "steps"}
         >>> rows = [{"name": n, "seconds": s, OBJECTIVE: u, **ok} for n, s, u in
         ...         [("a", 1, .1), ("b", 2, .3), ("c", 4, .4), ("d", 9, .45)]]
         >>> {k: v["name"] for k, v in choose_presets(rows).items()}
         {'fast': 'a', 'balanced': 'c', 'max': 'd'}
     """
-    front = pareto_front([r for r in rows if eligible(r)])
+    front = pareto_front([r for r in rows if eligible(r) and r.get("axis") != "quality"])
     if not front:
         raise ValueError("no measured point keeps white-box protection and the self-check; nothing to choose")
     fast, top = front[0], front[-1]
     wanted = fast[OBJECTIVE] + BALANCED_SHARE * (top[OBJECTIVE] - fast[OBJECTIVE])
     balanced = next(r for r in front if r[OBJECTIVE] >= wanted - 1e-9)
-    return {"fast": fast, "balanced": balanced, "max": top}
+    return {name: quality_variant(row, rows) for name, row in (("fast", fast), ("balanced", balanced), ("max", top))}
+
+
+def quality_variant(chosen: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The chosen point, or the quality variant of it (axis ``quality``, ``baseline`` the chosen
+    point) with the highest face PSNR among those that are eligible, at most ``QUALITY_SLOWER``
+    times slower, look better (higher face PSNR), and whose cross-family Rank-1-UT, paired over the
+    same probes, is not measurably lower (the upper end of the difference's 95% interval is >= 0).
+    People see the mask on every photo; a protection loss the evaluation cannot resolve is not
+    worth it. The returned row then carries ``replaces`` (the point and the paired difference).
+
+    Example:
+        >>> ok = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0}
+        >>> base = {"name": "b", "seconds": 2.0, "psnr_face": 27.0, **ok}
+        >>> v = {"name": "b-face", "axis": "quality", "baseline": "b", "seconds": 2.1, "psnr_face": 31.0,
+        ...      "versus_baseline": {"value": -0.03, "low": -0.1, "high": 0.04}, **ok}
+        >>> quality_variant(base, [base, v])["name"]
+        'b-face'
+        >>> quality_variant(base, [base, {**v, "versus_baseline": {"value": -0.1, "low": -0.2, "high": -0.01}}])["name"]
+        'b'
+    """
+    def acceptable(row: dict[str, Any]) -> bool:
+        versus = row.get("versus_baseline")
+        return (row.get("axis") == "quality" and row.get("baseline") == chosen["name"] and eligible(row)
+                and row["seconds"] <= QUALITY_SLOWER * chosen["seconds"] and versus is not None
+                and versus["high"] >= 0 and (row.get("psnr_face") or 0) > (chosen.get("psnr_face") or 0))
+
+    variants = [r for r in rows if acceptable(r)]
+    if not variants:
+        return chosen
+    best = max(variants, key=lambda r: r["psnr_face"])
+    return {**best, "replaces": {"point": chosen["name"], "cross_family_difference": best["versus_baseline"]}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,6 +349,16 @@ def protection_note(row: dict[str, Any]) -> str:
     return cross + unseen
 
 
+def _replaces_note(row: dict[str, Any]) -> str:
+    """Why a quality variant stands in for the front's point (``quality_variant``), or ''."""
+    replaced = row.get("replaces")
+    if not replaced:
+        return ""
+    d = replaced["cross_family_difference"]
+    return (f"; chosen over {replaced['point']} for what people see (cross-family Rank-1-UT difference "
+            f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}], not a measurable loss)")
+
+
 def preset_entries(chosen: dict[str, dict[str, Any]], machine: str) -> dict[str, dict[str, Any]]:
     """presets.json entries for the chosen rows (``Preset.from_dict`` reads them back)."""
     out = {}
@@ -318,7 +367,7 @@ def preset_entries(chosen: dict[str, dict[str, Any]], machine: str) -> dict[str,
                 f"{row['retries']} self-check retr{'y' if row['retries'] == 1 else 'ies'}; measured on {machine}: "
                 f"{row['seconds']:.2f} s/photo, {protection_note(row)}, white-box Rank-1-T "
                 f"{row['white_box_rank1_t']:.2f}, self-check {row['self_check_passed']:.2f}, "
-                f"face PSNR {row['psnr_face']:.1f} dB")
+                f"face PSNR {row['psnr_face']:.1f} dB" + _replaces_note(row))
         out[name] = {"surrogates": row["surrogates"], "num_targets": row["num_targets"] or PRODUCT_TARGETS,
                      "settings": dict(row["settings"]), "note": note, "retries": row["retries"], "measured": row}
     return out

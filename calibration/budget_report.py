@@ -113,6 +113,10 @@ def _extras(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _signed(d: dict[str, Any]) -> str:
+    return f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
 def _difference(row: dict[str, Any], base: dict[str, Any], key: str) -> str:
     if row.get(key) is None or base.get(key) is None:
         return "-"
@@ -170,7 +174,12 @@ def budget_blocks(calibration: dict[str, Any], figure: str | None) -> list[tuple
                         for name, r in chosen.items()]))
         blocks.append(("p", "fast: the cheapest eligible point; max: the most protective (cross-family R1-UT); "
                             "balanced: the cheapest point of the front with at least 75% of max's protection gain "
-                            "over fast."))
+                            "over fast. Each is then replaced by its best-looking quality variant (same recipe, "
+                            "another budget map: higher face PSNR, at most 20% slower) whose cross-family R1-UT, "
+                            "paired over the same probes, is not measurably lower."
+                            + "".join(f" {name}: {r['name']} replaces {r['replaces']['point']} (paired difference "
+                                      f"{_signed(r['replaces']['cross_family_difference'])})."
+                                      for name, r in chosen.items() if r.get("replaces"))))
     else:
         blocks.append(("p", "**No point is eligible**: none keeps the white-box and self-check bars."))
     if figure:

@@ -18,6 +18,7 @@ from edgecloak.calibration.budget import (
     point_figures,
     sweep_points,
 )
+from edgecloak.errors import UsageError
 from edgecloak.presets import CHOSEN, DEFAULT_PRESET, SHIPPED, load_presets, preset, read_presets
 
 OK = {"white_box_rank1_t": 1.0, "self_check_passed": 1.0}
@@ -43,6 +44,34 @@ def test_presets_come_from_eligible_points_only():
     assert chosen == {"fast": "a", "balanced": "c", "max": "d"}
     with pytest.raises(ValueError):
         choose_presets(rows[:1])
+
+
+def test_a_quality_variant_replaces_a_chosen_point_only_without_a_measurable_protection_loss():
+    """The quality axis: the same recipe with another budget map stands in for a chosen point when it
+    looks better and its paired cross-family difference does not resolve a loss (interval reaches
+    0), within 20% of the time; it never enters the front on its own."""
+    base = [_row("a", 1, 0.1, psnr_face=27.0), _row("c", 3, 0.35, psnr_face=27.0), _row("d", 10, 0.4, psnr_face=27.0)]
+
+    def variant(**kw):
+        return {**_row("c-face", 3.3, 0.33, axis="quality", baseline="c", psnr_face=31.0,
+                       versus_baseline={"value": -0.02, "n": 40, "low": -0.08, "high": 0.03}), **kw}
+
+    chosen = choose_presets(base + [variant()])
+    assert chosen["balanced"]["name"] == "c-face" and chosen["balanced"]["replaces"]["point"] == "c"
+    assert chosen["fast"]["name"] == "a" and chosen["max"]["name"] == "d"
+    lost = variant(versus_baseline={"value": -0.1, "n": 40, "low": -0.18, "high": -0.02})
+    assert choose_presets(base + [lost])["balanced"]["name"] == "c"  # a resolved loss: kept
+    slow = variant(seconds=3.0 * 1.21)
+    assert choose_presets(base + [slow])["balanced"]["name"] == "c"  # over 20% slower: kept
+    cheap = variant(seconds=0.5, **{OBJECTIVE: 0.9})  # would dominate everything, but is not on the front
+    assert choose_presets(base + [cheap])["fast"]["name"] == "a"
+
+
+def test_a_sweep_of_named_points_keeps_the_grid_order_and_refuses_unknown_names():
+    names = [p.name for p in sweep_points(only=["m+f+c-n16-r4-face-p1", "m-n8"])]
+    assert names == ["m-n8", "m+f+c-n16-r4-face-p1"]
+    with pytest.raises(UsageError, match="no sweep point named nope"):
+        sweep_points(only=["m-n8", "nope"])
 
 
 def test_the_objective_is_the_cross_family_rank1_ut_not_the_siblings():
