@@ -23,9 +23,11 @@ from tqdm import tqdm
 from edgecloak.cloaker import Cloaker
 from edgecloak.evaluation.harness import judged_recipe
 from edgecloak.evaluation.metrics import psnr, ssim
+from edgecloak.evaluation.report import difference_x10
 from edgecloak.export.zoo.photos import identity_photos, load_face_photo, more_identity_photos, sample_photo
 from edgecloak.policy import SafetyPolicy
 from edgecloak.runtime.atomic import write_json_atomic
+from edgecloak.runtime.face_region import grown_box
 from edgecloak.runtime.image_io import load_image, save_image_atomic
 
 
@@ -71,12 +73,9 @@ def main() -> None:
         tiles, row = None, {"face": name}
         for spec, cloaker in cloakers.items():
             result = cloaker.protect(image)
-            x0, y0, x1, y1 = (int(v) for v in result.faces[0].box)
-            pad = (x1 - x0) // 5
-            x0, y0 = max(0, x0 - pad), max(0, y0 - pad)
-            x1, y1 = min(image.shape[1], x1 + pad), min(image.shape[0], y1 + pad)
+            x0, y0, x1, y1 = grown_box(result.faces[0].box, image.shape, margin=0.2)
             before, after = image[y0:y1, x0:x1], result.image[y0:y1, x0:x1]
-            diff = np.clip(128 + 10 * (after.astype(np.int16) - before.astype(np.int16)), 0, 255).astype(np.uint8)
+            diff = difference_x10(before, after)
             quality = {"psnr_face": psnr(before, after), "ssim_face": ssim(before, after),
                        "protected": result.faces[0].protected}
             row[spec] = quality

@@ -1,6 +1,7 @@
 """Make the README's before / after / difference-x10 figure from a real shipped photo.
 
-Usage: python scripts/make_readme_figure.py [--steps 50] [--out docs/before_after.png]
+Usage: python scripts/make_readme_figure.py [--steps N] [--out docs/before_after.png]
+The default preset, as users get it.
 The photo (Grace Hopper, public domain, shipped in matplotlib's wheel) is fetched like the models.
 """
 
@@ -13,7 +14,9 @@ import cv2
 import numpy as np
 
 from edgecloak.cloaker import Cloaker
+from edgecloak.evaluation.report import difference_x10
 from edgecloak.export.zoo.photos import sample_photo
+from edgecloak.runtime.face_region import grown_box
 from edgecloak.runtime.image_io import load_image, save_image_atomic
 
 
@@ -26,17 +29,14 @@ def panel(image: np.ndarray, label: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=None, help="iterations (default: the default preset's)")
     parser.add_argument("--out", type=Path, default=Path("docs/before_after.png"))
     args = parser.parse_args()
     image = load_image(sample_photo())
-    result = Cloaker.load(steps=args.steps).protect(image)
-    x0, y0, x1, y1 = (int(v) for v in result.faces[0].box)
-    pad = (x1 - x0) // 3
-    x0, y0 = max(0, x0 - pad), max(0, y0 - pad)
-    x1, y1 = min(image.shape[1], x1 + pad), min(image.shape[0], y1 + pad)
+    result = Cloaker.load(**({"steps": args.steps} if args.steps else {})).protect(image)
+    x0, y0, x1, y1 = grown_box(result.faces[0].box, image.shape, margin=1 / 3)
     before, after = image[y0:y1, x0:x1], result.image[y0:y1, x0:x1]
-    diff = np.clip(128 + 10 * (after.astype(np.int16) - before.astype(np.int16)), 0, 255).astype(np.uint8)
+    diff = difference_x10(before, after)
     face = result.faces[0]
     sims = ", ".join(f"{m} {s['original_after']:.2f}" for m, s in face.similarity.items())
     grid = np.hstack([panel(before, "original"), panel(after, "cloaked (eps 12)"), panel(diff, "difference x10")])

@@ -375,6 +375,16 @@ def _plot_robustness(results: dict, path: Path) -> bool:
     return True
 
 
+def difference_x10(original: np.ndarray, protected: np.ndarray) -> np.ndarray:
+    """The mask made visible: 128 + 10 x (protected - original), uint8 (grey: no change).
+
+    Example:
+        >>> difference_x10(np.full((1, 1, 3), 100, np.uint8), np.full((1, 1, 3), 103, np.uint8)).ravel().tolist()
+        [158, 158, 158]
+    """
+    return np.clip(128 + 10 * (protected.astype(np.int16) - original.astype(np.int16)), 0, 255).astype(np.uint8)
+
+
 def _face_crop(image: np.ndarray, box: Sequence[float], size: int = 160) -> np.ndarray:
     x0, y0, x1, y1 = face_region(box, image.shape, margin=0.15)
     return cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
@@ -396,7 +406,7 @@ def _plot_grid(results: dict, path: Path, root: Path, rows: int = 4) -> bool:
         panels = [(_face_crop(original, box), "original")]
         for m in shown:
             protected = load_image(root / records[m][i]["image_path"])
-            diff = np.clip(127.5 + 10.0 * (protected.astype(np.float64) - original), 0, 255).astype(np.uint8)
+            diff = difference_x10(original, protected)
             panels += [(_face_crop(protected, box), f"{m}"), (_face_crop(diff, box), f"{m} diff x10")]
         for c, (img, title) in enumerate(panels):
             ax = axes[r][c]
