@@ -10,7 +10,9 @@ from edgecloak.evaluation.metrics import (
     Rate,
     accepted,
     bootstrap_interval,
+    change_outside,
     dodging_rate,
+    dssim,
     far_resolved,
     far_tag,
     impostor_scores,
@@ -236,3 +238,21 @@ def test_cross_family_matrix_and_mean_on_hand_made_outcomes():
                                ["rank1_ut"])
     assert empty["matrix"]["facenet"]["rank1_ut"] is None
     assert empty["mean"]["rank1_ut"]["value"] == pytest.approx(np.mean([(1 + 0.5) / 2, (0 + 1) / 2, (1 + 0) / 2]))
+
+
+def test_change_off_the_face_is_the_share_of_the_total_absolute_change():
+    before = np.full((4, 4, 3), 100, np.uint8)
+    support = np.zeros((4, 4))
+    support[1:3, 1:3] = 0.5  # any positive weight is the face
+    assert change_outside(before, before, support) == 0.0  # nothing changed: nothing off the face
+    inside = before.copy()
+    inside[1:3, 1:3] = 90
+    assert change_outside(before, inside, support) == 0.0
+    both = inside.copy()
+    both[0, 0] = [110, 95, 100]  # 15 levels off the face against 4 * 3 * 10 = 120 on it
+    assert change_outside(before, both, support) == pytest.approx(15 / 135)
+    assert change_outside(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8), np.zeros((2, 2))) == 1.0
+
+
+def test_dssim_is_half_the_ssim_gap():
+    assert dssim(1.0) == 0.0 and dssim(0.0) == 0.5 and dssim(-1.0) == 1.0 and dssim(None) is None
