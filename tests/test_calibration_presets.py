@@ -184,10 +184,10 @@ def test_the_sweep_runs_each_points_families_left_out(monkeypatch, tmp_path):
         assert m.config == {"steps": 8, "seed": 3} == methods["m+f+c-n8-x2"].config
 
 
-def test_every_sweep_axis_the_issue_names_is_measured():
+def test_every_sweep_axis_is_measured_and_every_variant_has_its_baseline():
     points = sweep_points()
     axes = {p.axis for p in points}
-    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble", "transfer"} <= axes
+    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble", "transfer", "quality"} <= axes
     names = [p.name for p in points]
     assert len(names) == len(set(names))  # names key the cached photos
     by_name = {p.name: p for p in points}
