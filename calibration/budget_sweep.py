@@ -104,6 +104,21 @@ def calibrate(out, quick: bool = False, probes_per_identity: int = 4, backend: s
     out = Path(out)
     points = sweep_points(quick, only)
     results, rows = run_sweep(out, points, probes_per_identity, backend, seed, progress, log, workers, ray, ray_address)
+    command = ("edgecloak calibrate presets" + (" --quick" if quick else "")
+               + (f" --probes {probes_per_identity}" if probes_per_identity != 4 else "")
+               + (f" --points {','.join(p.name for p in points)}" if only is not None else ""))
+    fan_out = None if workers == 1 and not ray else (f"{workers} {'Ray' if ray else 'local'} worker(s)"
+                                                     + (f" at {ray_address}" if ray_address else ""))
+    return choose_and_write(out, points, results, rows, command, backend, install, log, fan_out)
+
+
+def choose_and_write(out: Path, points: Sequence[BudgetPoint], results: dict, rows: list[dict[str, Any]],
+                     command: str, backend: str = "auto", install: bool = False, log=print,
+                     fan_out: str | None = None) -> dict[str, Any]:
+    """From a sweep's results and figures (``run_sweep``): choose the presets and write
+    ``out``/calibration.json, presets.json and the report (``install``: also the machine's presets).
+    Re-running it on a finished sweep's results.json re-decides without measuring again."""
+    out = Path(out)
     try:
         chosen = choose_presets(rows)
     except ValueError as exc:
@@ -111,15 +126,10 @@ def calibrate(out, quick: bool = False, probes_per_identity: int = 4, backend: s
         chosen = {}
     backends = sorted({b for p in points for b in results["backends"].get(p.name, [])})
     meta = {
-        "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-        "command": "edgecloak calibrate presets" + (" --quick" if quick else "")
-                   + (f" --probes {probes_per_identity}" if probes_per_identity != 4 else "")
-                   + (f" --points {','.join(p.name for p in points)}" if only is not None else ""),
+        "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "command": command,
         "probes": len(results["protocol"]["probes"]), "users": len(results["protocol"]["users"]),
         "eval_targets": len(results["protocol"]["users"]) - 1, "backend": "; ".join(backends) or backend,
-        "git_commit": results["versions"].get("git_commit"),
-        "fan_out": None if workers == 1 and not ray else f"{workers} {'Ray' if ray else 'local'} worker(s)"
-                   + (f" at {ray_address}" if ray_address else ""),
+        "git_commit": results["versions"].get("git_commit"), "fan_out": fan_out,
     }
     calibration = {"measured": meta, "points": rows, "chosen": chosen,
                    "front": [r["name"] for r in pareto_front([r for r in rows if eligible(r)])]}
