@@ -157,8 +157,9 @@ def budget_blocks(calibration: dict[str, Any], figure: str | None) -> list[tuple
                         "a family holding every surrogate is skipped) and scored on the family's members only; a "
                         "probe's value is its mean over the families, the figure the mean over probes (95% "
                         "interval bootstrapped over probes). Secondary: unseen R1-UT (siblings), Rank-1-UT "
-                        f"averaged over {', '.join(HELD_OUT)}, which no point optimises on but which share a "
-                        "family with surrogates, so it overstates transfer. A preset must keep "
+                        f"averaged over {', '.join(HELD_OUT)}, siblings of the usual surrogates (same family), so "
+                        "it overstates transfer (for a point that optimises on all five it is white-box). A preset "
+                        "must keep "
                         + ", ".join(f"{k.replace('_', ' ')} >= {v}" for k, v in ELIGIBLE.items())
                         + " and chase every target (the K 1 point shows what K costs, but presets keep K 10)"
                         + f". Evaluation graphs have K = {meta['eval_targets']} (the other users); presets ship "
@@ -183,7 +184,8 @@ def budget_blocks(calibration: dict[str, Any], figure: str | None) -> list[tuple
     else:
         blocks.append(("p", "**No point is eligible**: none keeps the white-box and self-check bars."))
     if figure:
-        blocks.append(("img", figure, "Protection against recognizer families left out vs seconds per photo"))
+        blocks.append(("img", figure, "Protection against recognizer families left out vs seconds per photo "
+                                      "and vs face PSNR"))
     blocks.append(("h", 2, "Every point"))
     blocks.append(("table", ["point", "varies", "surrogates", "N", "settings", "s/photo", "steps/face",
                              "cross-family R1-UT", *(f"without {f}" for f in FAMILIES), "unseen R1-UT (siblings)",
