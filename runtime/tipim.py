@@ -273,8 +273,6 @@ class RuntimeTIPIM:
             if cfg.stop_margin is not None and self.fooled(emb, best, real, targets, cfg.stop_margin):
                 break
         out = self.finalise(best_x if cfg.keep_best else x, x0, limit)
-        if start is not None:  # where this face may not change anything, keep what an earlier face did
-            out = np.where(np.floor(limit) > 0, out, np.asarray(start, np.float32))
         target_index = int(self.gain(self.embed(out, plain), real, targets)[0].argmax())
         clock.lap("other")
         return RuntimeResult(region=out, target_index=target_index, gains=gains, seconds=dict(clock.totals))
