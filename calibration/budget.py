@@ -142,6 +142,8 @@ def _grid(quick: bool) -> list[BudgetPoint]:
         _point(mfc, 16, "quality", "-r4-face", rescore_every=4, support="face", baseline="m+f+c-n16-r4"),
         _point(mfc, 16, "quality", "-r4-face-p1", rescore_every=4, support="face", perceptual=1.0,
                baseline="m+f+c-n16-r4"),
+        # the face's ellipse with half as many steps again, paid for by the single-target graphs
+        _point(mfc, 24, "quality", "-r4-face", rescore_every=4, support="face", baseline="m+f+c-n16-r4"),
     ]
 
 

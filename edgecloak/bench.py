@@ -8,7 +8,9 @@ same N, K and seed everywhere, it times:
   ratio is taken against;
 * ``reference-batched``: the torch oracle with the K gradients in one backward;
 * ``runtime/<backend>``: the product loop on the bundle's graphs, for every available backend
-  (ONNX Runtime always; torch and TensorRT when present).
+  (ONNX Runtime always; torch and TensorRT when present);
+* ``preset <name>: ...`` (``preset_rows``): a shipped preset's own loop with and without each
+  change to the loop (``LOOP_CHANGES``), as ratios against today's loop (``x today``).
 
 Per iteration is the median time between steps; per face is the whole face's loop (setup + N steps
 + final scoring). ``max_diff_vs_reference`` is the largest pixel difference of the protected
@@ -72,6 +74,53 @@ def timed_protect(protector, image, landmarks, targets) -> tuple[float, float, n
     return timed_loop(lambda on_step: protector.protect_face(image, image, landmarks, targets, on_step=on_step))
 
 
+# What the product's own loop has gained, preset by preset, against "today's loop": the loop as it
+# was before each change, run in the same process on the same face. Each entry: (row label, the
+# ``RuntimeProtector.from_bundle`` options that switch the change on).
+LOOP_CHANGES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("today's loop (K-target graph every step)", {"held_graphs": False}),
+    ("single-target graph on held-target steps", {"held_graphs": True}),
+)
+
+
+def preset_rows(presets: Sequence[str], image: np.ndarray, backend: str = "onnxruntime",
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One row per preset and ``LOOP_CHANGES`` entry: the preset's whole face loop (its own N, K and
+    settings) on the photo's first face, the same targets and seed, with its ratio to today's loop
+    (``speedup_vs_today``) and the share of pixels that differ from it by more than 1.
+
+    Example:
+        >>> rows = preset_rows(["balanced"], load_image("me.jpg"))          # doctest: +SKIP
+        >>> [(r["engine"], r["speedup_vs_today"]) for r in rows]            # doctest: +SKIP
+        [("preset balanced: today's loop (K-target graph every step)", 1.0), (..., 1.6)]
+    """
+    say = progress or (lambda _m: None)
+    rows: list[dict[str, Any]] = []
+    for name in presets:
+        recipe = resolve(name)
+        bundle = bundle_for(recipe)
+        today = None
+        for label, options in LOOP_CHANGES:
+            protector = RuntimeProtector.from_bundle(bundle, backend, recipe.config, **options)
+            face = protector.detector.detect(image)[0]
+            targets = bundle.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
+            say(f"preset {name}: {label}")
+            timed_protect(protector, image, face.landmarks, targets)  # warm-up: first-call costs
+            per_face, per_iter, region, target = timed_protect(protector, image, face.landmarks, targets)
+            protector.close()
+            row = {"ensemble": "+".join(recipe.surrogates), "engine": f"preset {name}: {label}",
+                   "backend": protector.backend_description, "steps": recipe.config.steps,
+                   "num_targets": targets.size, "per_iteration_ms": round(per_iter * 1e3, 2),
+                   "per_face_s": round(per_face, 3), "target": targets.identities[target]}
+            if today is None:
+                today = (per_face, region)
+            diff = np.abs(region.astype(np.int16) - today[1].astype(np.int16))
+            row["speedup_vs_today"] = round(today[0] / per_face, 2)
+            row["differing_pixels_vs_today"] = round(float((diff > 1).mean()), 6)
+            rows.append(row)
+    return rows
+
+
 def run_bench(
     ensembles: Sequence[Sequence[str]],
     steps: int = 50,
@@ -81,8 +130,10 @@ def run_bench(
     include_reference: bool = True,
     edge_preset: bool = True,
     progress: Callable[[str], None] | None = None,
+    presets: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Time every engine on every ensemble; returns the JSON-ready report (rows + machine facts)."""
+    """Time every engine on every ensemble, and each of ``presets`` with and without each
+    ``LOOP_CHANGES`` entry (``preset_rows``); returns the JSON-ready report (rows + machine facts)."""
     # optional: the export extra (torch, bundle export, the oracle); device scripts import timed_protect
     import torch
 
@@ -162,6 +213,7 @@ def run_bench(
             "backend": protector.backend_description, "steps": protector.config.steps, "num_targets": targets.size,
             "per_face_s": round(time.perf_counter() - t0, 3), "target": targets.identities[target],
         })
+    rows += preset_rows(presets, image, progress=say)
     return {
         "edgecloak": edgecloak.__version__,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -175,18 +227,19 @@ def run_bench(
 
 def format_table(report: dict[str, Any]) -> str:
     """The report's rows as an aligned text table (what ``edgecloak bench`` prints)."""
-    head = ("ensemble", "engine", "N", "K", "ms/iter", "s/face", "x paper", "diff", "backend")
+    head = ("ensemble", "engine", "N", "K", "ms/iter", "s/face", "x paper", "x today", "diff", "backend")
     lines = [head]
     for r in report["rows"]:
         if "skipped" in r:
-            lines.append((r["ensemble"], r["engine"], "", "", "", "", "", "", f"skipped: {r['skipped']}"))
+            lines.append((r["ensemble"], r["engine"], "", "", "", "", "", "", "", f"skipped: {r['skipped']}"))
             continue
         lines.append((
             r["ensemble"], r["engine"], str(r["steps"]), str(r["num_targets"]),
             f"{r['per_iteration_ms']:.1f}" if "per_iteration_ms" in r else "",
             f"{r['per_face_s']:.2f}",
             f"{r['speedup_vs_paper']:.1f}x" if "speedup_vs_paper" in r else "",
-            str(r.get("max_diff_vs_reference", "")), r.get("backend", ""),
+            f"{r['speedup_vs_today']:.2f}x" if "speedup_vs_today" in r else "",
+            str(r.get("max_diff_vs_reference", r.get("differing_pixels_vs_today", ""))), r.get("backend", ""),
         ))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in lines)

@@ -62,6 +62,15 @@ def _graph_key(model_id: str, kind: str, size: int, opset: int) -> str:
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
+def graph_keys(model_id: str, num_targets: int, opset: int) -> dict[str, str]:
+    """The cache keys of one surrogate's graphs in a bundle with K = ``num_targets``: the K gradient
+    graph, the embedding graph and, when K > 1, the single-target gradient graph (``held_grad``)."""
+    keys = {kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")}
+    if num_targets > 1:
+        keys["held_grad"] = _graph_key(model_id, "grad", 1, opset)
+    return keys
+
+
 def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path:
     """The exported ``grad`` (K = size) or ``embed`` (max batch = size) graph, from the cache if current."""
     path = edgecloak_home() / "graphs" / rec.id / f"{_graph_key(rec.id, kind, size, opset)}.{kind}.onnx"
@@ -133,9 +142,11 @@ def export_bundle(
         for model_id in ids:
             rec = Recognizer.load(model_id)
             recognizers.append(rec)
-            say(f"exporting {model_id} (gradient graph, K={num_targets})")
+            say(f"exporting {model_id} (gradient graph{f's, K={num_targets} and 1' if num_targets > 1 else ', K=1'})")
             grad = cached_graph(rec, "grad", num_targets, opset)
             embed = cached_graph(rec, "embed", num_targets, opset)
+            # the steps towards one held target (most of a preset's steps) cost one VJP, not K
+            held = cached_graph(rec, "grad", 1, opset) if num_targets > 1 else None
             entry = SurrogateEntry(
                 id=model_id,
                 input_size=rec.input_size,
@@ -150,11 +161,14 @@ def export_bundle(
                         "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
                 source_sha256=converted_manifest(model_id)["source_sha256"],
                 # what the graphs were exported from (weights, converter, exporter, torch, K, opset)
-                graph_keys={kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")},
+                graph_keys=graph_keys(model_id, num_targets, opset),
                 tensorrt_unsupported_ops=check_tensorrt_ops(grad, "8.5"),
+                held_grad_graph=f"surrogates/{model_id}.grad1.onnx" if held else None,
             )
             shutil.copyfile(grad, staging / entry.grad_graph)
             shutil.copyfile(embed, staging / entry.embed_graph)
+            if held:
+                shutil.copyfile(held, staging / entry.held_grad_graph)
             if with_torch:
                 say(f"exporting {model_id} (torch program)")
                 entry.extra["torch"] = f"surrogates/{model_id}.pt2"
@@ -299,10 +313,7 @@ def is_current(bundle: Bundle, surrogates: Sequence[str], num_targets: int, conf
         return False
     if (config is not None and bundle.preset != config) or m.recipe != recipe:
         return False
-    return all(
-        entry.graph_keys == {kind: _graph_key(entry.id, kind, num_targets, m.opset) for kind in ("grad", "embed")}
-        for entry in m.surrogates
-    )
+    return all(entry.graph_keys == graph_keys(entry.id, num_targets, m.opset) for entry in m.surrogates)
 
 
 def _export_torch_program(rec: Recognizer, path: Path, max_batch: int) -> None:

@@ -5,6 +5,8 @@ A bundle is a folder written by ``edgecloak export`` (``edgecloak.export.bundle`
     bundle/
       manifest.json                what follows, with the sha256 of every file
       surrogates/<id>.grad.onnx    (x [1,3,S,S], cotangents [1,K,D]) -> (embedding, grad)
+      surrogates/<id>.grad1.onnx   the same with K = 1: the loop's steps towards one held target
+                                   (optional; without it those steps run the K graph)
       surrogates/<id>.embed.onnx   x [B,3,S,S] -> embedding [B,D]
       surrogates/<id>.pt2          optional: torch.export program (torch backend only)
       detector/{pnet,rnet,onet}.onnx
@@ -170,16 +172,21 @@ class SurrogateEntry:
     source_sha256: str | None = None
     graph_keys: dict[str, str] = field(default_factory=dict)  # what the graphs were exported from
     tensorrt_unsupported_ops: list[str] = field(default_factory=list)
+    # the gradient graph with K = 1, for the loop's steps towards one held target (optional: bundles
+    # from before it run the K graph there, slower, same result)
+    held_grad_graph: str | None = None
     # set by ``edgecloak calibrate precision``: {name, gate, passed, grad_cosine, sign_agreement, ...}
     precision: dict[str, Any] | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
     _FIELDS = {"id", "input_size", "crop_scale", "embedding_dim", "max_batch", "grad_graph", "embed_graph", "extra",
-               "preprocess", "shapes", "source_sha256", "graph_keys", "tensorrt_unsupported_ops", "precision"}
+               "preprocess", "shapes", "source_sha256", "graph_keys", "tensorrt_unsupported_ops", "precision",
+               "held_grad_graph"}
 
     def paths(self) -> list[str]:
         """Every bundle file this surrogate names."""
-        return [self.grad_graph, self.embed_graph, *self.extra.values()]
+        held = [self.held_grad_graph] if self.held_grad_graph else []
+        return [self.grad_graph, self.embed_graph, *held, *self.extra.values()]
 
     @property
     def precision_name(self) -> str:
@@ -222,6 +229,8 @@ class SurrogateEntry:
             else _str(d["source_sha256"], f"{where}.source_sha256"),
             graph_keys={k: _str(v, f"{where}.graph_keys.{k}") for k, v in keys.items()},
             tensorrt_unsupported_ops=[_str(op, f"{where}.tensorrt_unsupported_ops[]") for op in ops],
+            held_grad_graph=None if d.get("held_grad_graph") is None
+            else _relpath(d["held_grad_graph"], f"{where}.held_grad_graph"),
             precision=precision,
             other=_unknown(d, cls._FIELDS),
         )
@@ -234,6 +243,8 @@ class SurrogateEntry:
             "source_sha256": self.source_sha256, "graph_keys": self.graph_keys,
             "tensorrt_unsupported_ops": self.tensorrt_unsupported_ops, "extra": self.extra,
         }
+        if self.held_grad_graph is not None:
+            out["held_grad_graph"] = self.held_grad_graph
         if self.precision is not None:
             out["precision"] = self.precision
         return {**out, **self.other}
@@ -624,6 +635,7 @@ class Bundle:
                 id=s.id, input_size=s.input_size, embedding_dim=s.embedding_dim, num_targets=k,
                 max_batch=s.max_batch, grad_graph=root / s.grad_graph, embed_graph=root / s.embed_graph,
                 extra={name: root / rel for name, rel in s.extra.items()},
+                held_grad_graph=None if s.held_grad_graph is None else root / s.held_grad_graph,
             ))
             geometries[s.id] = CropGeometry(s.input_size, s.crop_scale)
         targets = _targets_from_npz(manifest.read_file(root, manifest.targets, verify), manifest,

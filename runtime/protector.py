@@ -78,18 +78,21 @@ class RuntimeProtector:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str] | Bundle, backend: str = "auto",
-                    config: TIPIMConfig | None = None, **settings) -> "RuntimeProtector":
+                    config: TIPIMConfig | None = None, held_graphs: bool = True, **settings) -> "RuntimeProtector":
         """Load (and verify) a bundle, start its surrogates on ``backend``.
 
         ``config``: the loop's settings (default: the bundle's preset); ``settings``: ``TIPIMConfig``
-        fields replaced on it (a convenience for scripts).
+        fields replaced on it (a convenience for scripts). ``held_graphs=False`` leaves the bundle's
+        single-target gradient graphs unused (every step runs the K graph, as bundles without them
+        do): the same protection, slower; for benchmarks.
         """
         bundle = path if isinstance(path, Bundle) else Bundle.load(path)
         try:
             chosen, description = select_backend(backend)
         except (RuntimeError, ValueError) as exc:
             raise ModelError(str(exc)) from exc
-        engines = [chosen.load(files) for files in bundle.surrogates]
+        files = bundle.surrogates if held_graphs else [replace(f, held_grad_graph=None) for f in bundle.surrogates]
+        engines = [chosen.load(f) for f in files]
         lowered = {k: v for k, v in bundle.precisions.items() if v != "fp32"}
         if lowered:
             description += " [gradient graphs: " + ", ".join(f"{k} {v}" for k, v in lowered.items()) + "]"

@@ -6,6 +6,8 @@ step, with the autograd replaced by what the bundle's graphs give:
 * the K identity-loss gradients at x: per surrogate ONE gradient-graph call (one forward, K
   vector-Jacobian products with cotangents ``2 w_s (f_s(r) - f_s(t_k))``), pulled back from the
   aligned crop to the photo pixels with the exact adjoint of the bilinear warp (``runtime.warp``);
+  between re-scorings, the held target's gradient alone (the bundle's single-target graph: one
+  forward, one VJP);
 * greedy insertion: one embedding-graph call per surrogate scores the K candidate images (every
   ``rescore_every`` steps; in between, one candidate towards the held target).
 
@@ -222,9 +224,12 @@ class RuntimeTIPIM:
                 sampler = plain[e.id] if jitter is None else face_sampler(face, e.id, sizes[e.id], jitter)
                 crop = sampler.forward(seen)
                 clock.lap("warp")
-                _, grad = e.embed_and_grad(crop, cotangents[e.id])
+                # a held-target step asks for that target's gradient alone: one VJP where the bundle
+                # has the single-target graph, instead of the K graph's K (runtime.backends.base)
+                cot = cotangents[e.id] if rescore else cotangents[e.id][:, held:held + 1]
+                _, grad = e.embed_and_grad(crop, cot)
                 clock.lap("graphs")
-                chosen = grad[0, :k] if rescore else grad[0, held:held + 1]
+                chosen = grad[0, :k] if rescore else grad[0, :1]
                 pulled_back = sampler.adjoint(chosen, out=pulled[:n])
                 if cfg.surrogate_weighting == "normalised":  # no surrogate's gradient drowns the others
                     self.normalise(pulled_back)

@@ -232,12 +232,12 @@ def test_cache_key_rejects_bad_components(field, value):
 S, D, K, MAX_B = 4, 6, 3, 5
 
 
-def _linear_graphs(folder: Path, seed: int = 0) -> tuple[Path, Path, np.ndarray]:
-    """A linear 'recognizer' e = flatten(x) @ W: its gradient graph and embedding graph."""
+def _linear_graphs(folder: Path, seed: int = 0, k: int = K) -> tuple[Path, Path, np.ndarray]:
+    """A linear 'recognizer' e = flatten(x) @ W: its gradient graph (k cotangents) and embedding graph."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((3 * S * S, D)).astype(np.float32)
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(w.T.copy(), "Wt"),
-             numpy_helper.from_array(np.array([1, K, 3, S, S], np.int64), "gshape")]
+             numpy_helper.from_array(np.array([1, k, 3, S, S], np.int64), "gshape")]
     grad = helper.make_graph(
         [helper.make_node("Flatten", ["x"], ["xf"], axis=1),
          helper.make_node("MatMul", ["xf", "W"], ["embedding"]),
@@ -245,9 +245,9 @@ def _linear_graphs(folder: Path, seed: int = 0) -> tuple[Path, Path, np.ndarray]
          helper.make_node("Reshape", ["gf", "gshape"], ["grad"])],
         "grad",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, S, S]),
-         helper.make_tensor_value_info("cotangents", TensorProto.FLOAT, [1, K, D])],
+         helper.make_tensor_value_info("cotangents", TensorProto.FLOAT, [1, k, D])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, D]),
-         helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, K, 3, S, S])],
+         helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, k, 3, S, S])],
         inits)
     embed = helper.make_graph(
         [helper.make_node("Flatten", ["x"], ["xf"], axis=1), helper.make_node("MatMul", ["xf", "W"], ["embedding"])],
@@ -260,7 +260,7 @@ def _linear_graphs(folder: Path, seed: int = 0) -> tuple[Path, Path, np.ndarray]
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.checker.check_model(model)
-        path = folder / f"lin{seed}.{name}.onnx"
+        path = folder / f"lin{seed}.{name}{'' if k == K else k}.onnx"
         onnx.save(model, str(path))
         paths.append(path)
     return paths[0], paths[1], w
@@ -601,8 +601,10 @@ def test_fake_input_checks(fake, linear, tmp_path):
     crop, cot = _inputs()
     with pytest.raises(ValueError, match="crop shape"):
         engine.embed_and_grad(np.zeros((2, 3, S, S), np.float32), cot)
-    with pytest.raises(ValueError, match="cotangents shape"):
+    with pytest.raises(ValueError, match=f"takes 1..{K}"):
         engine.embed_and_grad(crop, np.zeros((1, K + 1, D), np.float32))
+    with pytest.raises(ValueError, match="cotangents shape"):
+        engine.embed_and_grad(crop, np.zeros((1, K, D + 1), np.float32))
     with pytest.raises(ValueError, match="crops shape"):
         engine.embed(np.zeros((MAX_B + 1, 3, S, S), np.float32))
     with pytest.raises(ValueError, match="crops shape"):
@@ -610,6 +612,28 @@ def test_fake_input_checks(fake, linear, tmp_path):
     # float64 input is accepted and cast into the float32 buffer
     emb64, _ = engine.embed_and_grad(crop.astype(np.float64), cot)
     assert emb64.dtype == np.float32
+
+
+def test_fake_single_target_graph_runs_the_held_steps(fake, linear, tmp_path):
+    """With the bundle's single-target graph, one cotangent runs its engine (built and cached beside
+    the other two); other counts run the K engine, zero-padded; the gradients are the K graph's rows."""
+    held, _, _ = _linear_graphs(tmp_path, k=1)  # same seed: the same W
+    files = dataclasses.replace(linear.files, held_grad_graph=held)
+    engine = TensorRTBackend(cache_dir=tmp_path / "cache").load(files)
+    assert fake.trt.stats["builds"] == 3 and set(engine.from_cache) == {"grad", "embed", "held_grad"}
+    assert engine.has_held_graph and fake.trt.stats["profiles"][2] == []
+    crop, cot = _inputs()
+    want = ort.InferenceSession(str(linear.grad), providers=["CPUExecutionProvider"]).run(
+        None, {"x": crop, "cotangents": cot})[1]
+    for rows in ([1], [0, 2]):
+        emb, grad = engine.embed_and_grad(crop, cot[:, rows])
+        assert grad.shape == (1, len(rows), 3, S, S)
+        np.testing.assert_allclose(grad, want[:, rows], rtol=1e-5, atol=1e-5)
+    again = TensorRTBackend(cache_dir=tmp_path / "cache").load(files)
+    assert again.from_cache == {"grad": True, "embed": True, "held_grad": True}
+    # a held graph of the wrong shape is refused at load, with which graph it is
+    with pytest.raises(ModelError, match="single-target gradient graph shapes"):
+        TensorRTBackend(cache_dir=tmp_path / "cache").load(dataclasses.replace(linear.files, held_grad_graph=linear.grad))
 
 
 def test_fake_engine_cache(fake, linear, tmp_path):

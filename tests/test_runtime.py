@@ -136,6 +136,31 @@ def test_backend_gradients_match_torch_autograd(mobileface_bundle, recognizer, b
     assert np.abs(engine.embed(batch) - rec(torch.from_numpy(batch)).detach().numpy()).max() < 1e-5
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_fewer_cotangents_give_the_same_gradients(mobileface_bundle, backend):
+    """k < K cotangents (one: the single-target graph; others: the K graph, zero-padded) give the
+    rows the K graph gives for them; k outside 1..K is refused."""
+    from edgecloak.runtime.backends import backend_class
+
+    files = Bundle.load(mobileface_bundle).surrogates[0]
+    assert files.held_grad_graph is not None and files.held_grad_graph.is_file()
+    engine = backend_class(backend)().load(files)
+    assert engine.has_held_graph
+    rng = np.random.default_rng(1)
+    crop = (rng.random((1, 3, 112, 112)) * 255).astype(np.float32)
+    cot = rng.standard_normal((1, 10, 256)).astype(np.float32)
+    emb_k, grad_k = (a.copy() for a in engine.embed_and_grad(crop, cot))
+    for rows in ([4], [0, 1, 2]):
+        emb, grad = engine.embed_and_grad(crop, cot[:, rows])
+        assert grad.shape == (1, len(rows), 3, 112, 112)
+        # the same arithmetic, batched differently: float-sized differences at most (1e-5, as above)
+        assert np.linalg.norm(grad[0] - grad_k[0, rows]) / np.linalg.norm(grad_k[0, rows]) < 1e-5
+        assert np.abs(emb - emb_k).max() < 1e-5
+    for bad in (np.zeros((1, 0, 256), np.float32), np.zeros((1, 11, 256), np.float32)):
+        with pytest.raises(ValueError, match="takes 1..10"):
+            engine.embed_and_grad(crop, bad)
+
+
 def test_onnxruntime_engine_reuses_its_buffers(mobileface_bundle):
     """IOBinding onto preallocated arrays: every call returns the same memory (no per-step allocation)."""
     from edgecloak.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -270,6 +295,27 @@ def test_runtime_matches_the_torch_oracle(mobileface_bundle, recognizer, sample_
     print(f"{backend} {settings}: max diff {diff.max()}, differing pixels {(diff > 1).mean():.3%}, "
           f"targets {got.target_index}/{want.target_index}, loop {got.seconds}")
     assert_protects_like(got, want, pixels, region, config, tolerated)
+
+
+def test_single_target_graphs_leave_the_result_as_it_was(mobileface_bundle, sample_face):
+    """Held-target steps on the single-target graph protect as the K graph did (same seed): the
+    speed-up changes nothing but the time. Sign steps are chaotic, so held to the oracle's
+    tolerances (PARITY's rescore row); measured here: 0 pixels differ."""
+    config = TIPIMConfig(steps=12, rescore_every=4, settle_after=2)
+    image, face = sample_face
+    runs = []
+    for held_graphs in (False, True):
+        protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime", config, held_graphs=held_graphs)
+        assert [e.has_held_graph for e in protector.engines] == [held_graphs]
+        targets = protector.targets.excluding_lookalikes(protector.embed_face(image, face.landmarks))
+        region = FaceRegion.around(face.landmarks, image.shape[:2], protector.geometries)
+        x0, y0, x1, y1 = region.box
+        pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+        runs.append(RuntimeTIPIM(protector.engines, config).run(pixels, region, targets))
+    today, held = runs
+    diff = np.abs(held.region - today.region)
+    assert (diff > 1).mean() <= 0.005 and held.target_index == today.target_index
+    assert np.allclose(held.gains, today.gains, atol=CHAOTIC_GAINS_ATOL)
 
 
 def test_loop_with_fewer_targets_than_the_graphs_take(mobileface_bundle, sample_face):

@@ -24,6 +24,9 @@ class BenchCommand:
         p.add_argument("--photo", type=Path, default=None, help="photo to protect (default: the shipped sample)")
         p.add_argument("--no-reference", action="store_true",
                        help="skip the torch oracle's baseline rows (reference-paper, reference-batched)")
+        p.add_argument("--presets", default="fast,balanced", metavar="NAMES",
+                       help="comma-separated presets timed with and without each change to the loop, as ratios "
+                            "against today's loop (default: fast,balanced; 'none' to skip)")
         p.add_argument("--json", type=Path, default=None, help="write the report here too")
         p.set_defaults(handler=BenchCommand.run)
 
@@ -37,6 +40,7 @@ class BenchCommand:
             ensembles, steps=args.steps, num_targets=args.num_targets,
             backends=args.backend or ("onnxruntime", "torch", "tensorrt"), photo=args.photo,
             include_reference=not args.no_reference, progress=lambda m: print(f"  {m}", flush=True),
+            presets=[] if args.presets == "none" else [n for n in args.presets.split(",") if n],
         )
         print_report(report, format_table(report), args.json)
         return 0

@@ -2,8 +2,9 @@
 
 TIP-IM needs two things from each surrogate recognizer, and nothing else:
 
-* ``embed_and_grad(crop, cotangents)``: the unit embedding of ONE aligned crop and the K input
-  gradients ``d <embedding, cotangents[k]> / d crop`` (one forward, K vector-Jacobian products);
+* ``embed_and_grad(crop, cotangents)``: the unit embedding of ONE aligned crop and the k input
+  gradients ``d <embedding, cotangents[k]> / d crop`` (one forward, k vector-Jacobian products),
+  for 1 <= k <= K;
 * ``embed(crops)``: unit embeddings of a batch of crops (to score the K candidate images).
 
 A backend turns the bundle's files for one surrogate into a ``SurrogateEngine``. The TIP-IM loop
@@ -11,9 +12,17 @@ A backend turns the bundle's files for one surrogate into a ``SurrogateEngine``.
 Runtime, TensorRT or torch runs the graphs.
 
 Shapes (float32, C-contiguous; pixels 0..255, RGB, NCHW):
-    crop       [1, 3, S, S]          cotangents [1, K, D]
-    embedding  [1, D]                grad       [1, K, 3, S, S]
+    crop       [1, 3, S, S]          cotangents [1, k, D]       (1 <= k <= K)
+    embedding  [1, D]                grad       [1, k, 3, S, S]
     crops      [B, 3, S, S], 1 <= B <= max_batch   ->  embeddings [B, D]
+
+Why k may be smaller than K: between the loop's re-scorings it steps towards ONE held target, and a
+K-target gradient graph would compute K vector-Jacobian products to use one. A bundle therefore
+ships a single-target companion of each gradient graph (``SurrogateFiles.held_grad_graph``):
+k == 1 runs it (one forward, one VJP), k == K runs the K graph, and anything else (or k == 1
+without a companion, as in bundles from before it existed) runs the K graph with the cotangents
+padded by zero rows. Subclasses implement ``_grad`` (the K graph) and, when they can run the
+companion, ``_held_grad``; ``embed_and_grad`` picks between them.
 
 Engines may return views of internal buffers that the next call overwrites (that is how they avoid
 allocating per step): copy what you keep.
@@ -44,9 +53,10 @@ class SurrogateFiles:
     embedding_dim: int
     num_targets: int  # K, fixed in the gradient graph
     max_batch: int  # largest batch the embedding graph is built for
-    grad_graph: Path  # ONNX (x, cotangents) -> (embedding, grad)
+    grad_graph: Path  # ONNX (x, cotangents [1,K,D]) -> (embedding, grad [1,K,3,S,S])
     embed_graph: Path  # ONNX x [B,3,S,S] -> embedding [B,D]
     extra: dict[str, Path] = field(default_factory=dict)
+    held_grad_graph: Path | None = None  # the same gradient graph with K = 1 (None: run the K graph)
 
 
 class SurrogateEngine(ABC):
@@ -59,9 +69,32 @@ class SurrogateEngine(ABC):
     def id(self) -> str:
         return self.files.id
 
-    @abstractmethod
+    @property
+    def has_held_graph(self) -> bool:
+        """Does a single-target step cost one VJP here (rather than the K graph's K)?"""
+        return self.files.held_grad_graph is not None and self.files.num_targets > 1
+
     def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(embedding [1,D], grad [1,K,3,S,S]) for crop [1,3,S,S] and cotangents [1,K,D]."""
+        """(embedding [1,D], grad [1,k,3,S,S]) for crop [1,3,S,S] and cotangents [1,k,D], 1 <= k <= K."""
+        k, big_k = cotangents.shape[1], self.files.num_targets
+        if not 1 <= k <= big_k:
+            raise ValueError(f"{self.id}: {k} cotangents, but the gradient graph takes 1..{big_k}")
+        if k == 1 and self.has_held_graph:
+            return self._held_grad(crop, cotangents)
+        if k == big_k:
+            return self._grad(crop, cotangents)
+        padded = np.zeros((1, big_k, cotangents.shape[2]), np.float32)
+        padded[:, :k] = cotangents
+        embedding, grad = self._grad(crop, padded)
+        return embedding, grad[:, :k]
+
+    @abstractmethod
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The K gradient graph: (embedding [1,D], grad [1,K,3,S,S]) for cotangents [1,K,D]."""
+
+    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The single-target graph: (embedding [1,D], grad [1,1,3,S,S]) for cotangents [1,1,D]."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a single-target gradient graph")
 
     @abstractmethod
     def embed(self, crops: np.ndarray) -> np.ndarray:

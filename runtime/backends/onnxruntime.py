@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -48,25 +49,32 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 class OnnxRuntimeEngine(SurrogateEngine):
-    """Both graphs of one surrogate in ONNX Runtime sessions with preallocated bound buffers."""
+    """The graphs of one surrogate in ONNX Runtime sessions with preallocated bound buffers."""
 
     def __init__(self, files: SurrogateFiles, providers: Sequence[str], threads: int = 0):
         super().__init__(files)
         opts = session_options(threads)
+        s, k, d = files.input_size, files.num_targets, files.embedding_dim
         self.grad_session = _session(files.grad_graph, providers, opts)
         self.embed_session = _session(files.embed_graph, providers, opts)
         self.provider = self.grad_session.get_providers()[0]
-        s, k, d = files.input_size, files.num_targets, files.embedding_dim
-        self._x = np.zeros((1, 3, s, s), np.float32)
-        self._cot = np.zeros((1, k, d), np.float32)
+        self._on_cpu = self.provider == "CPUExecutionProvider"
+        self._x = np.zeros((1, 3, s, s), np.float32)  # shared by both gradient graphs
         self._emb = np.zeros((1, d), np.float32)
-        self._grad = np.zeros((1, k, 3, s, s), np.float32)
+        self._grad_k = self._bound_grad(self.grad_session, k)
+        self._grad_1 = self._bound_grad(_session(files.held_grad_graph, providers, opts), 1) \
+            if self.has_held_graph else None
         self._batch = np.zeros((files.max_batch, 3, s, s), np.float32)
         self._batch_emb = np.zeros((files.max_batch, d), np.float32)
-        self._on_cpu = self.provider == "CPUExecutionProvider"
-        self._grad_binding = self.grad_session.io_binding()
-        self._bind(self._grad_binding, {"x": self._x, "cotangents": self._cot}, {"embedding": self._emb, "grad": self._grad})
         self._embed_bindings: dict[int, ort.IOBinding] = {}
+
+    def _bound_grad(self, session: ort.InferenceSession, k: int) -> "_BoundGradient":
+        f = self.files
+        cot = np.zeros((1, k, f.embedding_dim), np.float32)
+        grad = np.zeros((1, k, 3, f.input_size, f.input_size), np.float32)
+        binding = session.io_binding()
+        self._bind(binding, {"x": self._x, "cotangents": cot}, {"embedding": self._emb, "grad": grad})
+        return _BoundGradient(session, binding, cot, grad)
 
     def _bind(self, binding: ort.IOBinding, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         for name, arr in inputs.items():
@@ -83,12 +91,17 @@ class OnnxRuntimeEngine(SurrogateEngine):
             for arr, value in zip(outputs, binding.get_outputs()):
                 np.copyto(arr, value.numpy())
 
-    def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_grad(self, graph: "_BoundGradient", crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(self._x, crop)
-        if cotangents is not self._cot:
-            np.copyto(self._cot, cotangents)
-        self._run(self.grad_session, self._grad_binding, [self._emb, self._grad])
-        return self._emb, self._grad
+        np.copyto(graph.cotangents, cotangents)
+        self._run(graph.session, graph.binding, [self._emb, graph.grad])
+        return self._emb, graph.grad
+
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_k, crop, cotangents)
+
+    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_1, crop, cotangents)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         b = crops.shape[0]
@@ -102,6 +115,16 @@ class OnnxRuntimeEngine(SurrogateEngine):
         np.copyto(self._batch[:b], crops)
         self._run(self.embed_session, binding, [self._batch_emb[:b]])
         return self._batch_emb[:b]
+
+
+@dataclass(frozen=True)
+class _BoundGradient:
+    """One gradient graph's session, its binding and the bound cotangent and gradient buffers."""
+
+    session: ort.InferenceSession
+    binding: ort.IOBinding
+    cotangents: np.ndarray
+    grad: np.ndarray
 
 
 class OnnxRuntimeBackend(Backend):

@@ -46,7 +46,11 @@ class TorchEngine(SurrogateEngine):
         self.device = torch.device(device)
         self._torch = torch
 
-    def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def has_held_graph(self) -> bool:
+        return True  # autograd takes any number of cotangents: one target costs one backward
+
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         k = cotangents.shape[1]
         x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device)
@@ -57,6 +61,8 @@ class TorchEngine(SurrogateEngine):
             emb = self.module(xk)
             (grad,) = torch.autograd.grad((emb * cot).sum(), xk)
         return emb[:1].detach().cpu().numpy(), grad[None].cpu().numpy()
+
+    _held_grad = _grad
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -547,29 +547,41 @@ class _TrtGraph:
 
 
 class TensorRTEngine(SurrogateEngine):
-    """One surrogate on TensorRT: a gradient engine and an embedding engine sharing one stream."""
+    """One surrogate on TensorRT: gradient engines (K targets, and one target when the bundle has the
+    single-target graph) and an embedding engine, sharing one stream."""
 
     def __init__(self, files: SurrogateFiles, grad: _TrtGraph, embed: _TrtGraph, memory, description: str,
-                 engine_files: dict[str, Path], from_cache: dict[str, bool]):
+                 engine_files: dict[str, Path], from_cache: dict[str, bool], held: _TrtGraph | None = None):
         super().__init__(files)
-        self._grad = grad
+        self._grad_k = grad
+        self._grad_1 = held
         self._embed = embed
         self._memory = memory
         self.description = description
-        self.engine_files = engine_files  # {"grad": path, "embed": path} (None when not cached)
-        self.from_cache = from_cache  # {"grad": bool, "embed": bool}
+        self.engine_files = engine_files  # {"grad": path, "embed": path[, "held_grad": path]} (None: not cached)
+        self.from_cache = from_cache  # the same keys: whether each came from the engine cache
 
-    def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def has_held_graph(self) -> bool:
+        return self._grad_1 is not None
+
+    def _run_grad(self, graph: _TrtGraph | None, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = self.files
-        s, k, d = f.input_size, f.num_targets, f.embedding_dim
+        s, k, d = f.input_size, cotangents.shape[1], f.embedding_dim
         if crop.shape != (1, 3, s, s):
             raise ValueError(f"{f.id}: crop shape {crop.shape}, expected (1, 3, {s}, {s})")
         if cotangents.shape != (1, k, d):
             raise ValueError(f"{f.id}: cotangents shape {cotangents.shape}, expected (1, {k}, {d})")
-        if self._grad is None:
+        if graph is None or self._embed is None:
             raise EdgecloakError(f"{f.id}: TensorRT engine is closed")
-        out = self._grad.run({"x": crop, "cotangents": cotangents})
+        out = graph.run({"x": crop, "cotangents": cotangents})
         return out["embedding"], out["grad"]
+
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_k, crop, cotangents)
+
+    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_1, crop, cotangents)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         f = self.files
@@ -584,10 +596,10 @@ class TensorRTEngine(SurrogateEngine):
     def close(self) -> None:
         """Free contexts, engines, buffers and the stream. Arrays returned earlier are invalid after this
         (with cuda-python they point into freed pinned memory): copy what you keep. Safe to call twice."""
-        for graph in (self._grad, self._embed):
+        for graph in (self._grad_k, self._grad_1, self._embed):
             if graph is not None:
                 graph.close()
-        self._grad = self._embed = None
+        self._grad_k = self._grad_1 = self._embed = None
         if self._memory is not None:
             self._memory.close()
             self._memory = None
@@ -645,25 +657,31 @@ class TensorRTBackend(Backend):
             info = _probe_cuda(self.device, self.buffers)
         except _Unavailable as exc:
             raise EdgecloakError(f"TensorRT backend unavailable: {exc}") from exc
-        for path in (files.grad_graph, files.embed_graph):
+        held_path = files.held_grad_graph if files.num_targets > 1 else None
+        for path in (files.grad_graph, files.embed_graph, *([held_path] if held_path else [])):
             if not Path(path).is_file():
                 raise ModelError(f"{files.id}: ONNX graph {path} is missing")
 
         memory = _open_memory(info)
         graphs: list[_TrtGraph] = []
+        engine_files: dict[str, Path | None] = {}
+        from_cache: dict[str, bool] = {}
+
+        def start(kind: str, onnx_path: Path, max_batch: int, label: str, inputs, outputs) -> _TrtGraph:
+            engine, engine_files[kind], from_cache[kind] = self._engine(trt, runtime, Path(onnx_path), max_batch, info)
+            graph = _TrtGraph(trt, engine, memory, f"{files.id} {label}", inputs, outputs, max_batch)
+            graphs.append(graph)
+            return graph
+
         try:
             with memory.activate():
                 runtime = trt.Runtime(_trt_logger(trt))
-                grad_engine, grad_file, grad_hit = self._engine(trt, runtime, Path(files.grad_graph), 1, info)
-                embed_engine, embed_file, embed_hit = self._engine(trt, runtime, Path(files.embed_graph),
-                                                                   files.max_batch, info)
-                grad = _TrtGraph(trt, grad_engine, memory, f"{files.id} gradient graph", GRAD_INPUTS,
-                                 GRAD_OUTPUTS, 1)
-                graphs.append(grad)
-                embed = _TrtGraph(trt, embed_engine, memory, f"{files.id} embedding graph", EMBED_INPUTS,
-                                  EMBED_OUTPUTS, files.max_batch)
-                graphs.append(embed)
-            self._check_shapes(files, grad, embed)
+                grad = start("grad", files.grad_graph, 1, "gradient graph", GRAD_INPUTS, GRAD_OUTPUTS)
+                embed = start("embed", files.embed_graph, files.max_batch, "embedding graph", EMBED_INPUTS,
+                              EMBED_OUTPUTS)
+                held = start("held_grad", held_path, 1, "single-target gradient graph", GRAD_INPUTS,
+                             GRAD_OUTPUTS) if held_path else None
+            self._check_shapes(files, grad, embed, held)
         except BaseException:
             for graph in graphs:
                 graph.close()
@@ -671,17 +689,21 @@ class TensorRTBackend(Backend):
             raise
         self._description = (f"TensorRT {trt.__version__} {self.precision} on {info.gpu_name} "
                              f"(cuda:{info.device}, sm {info.compute_capability}), buffers via {info.library}")
-        return TensorRTEngine(files, grad, embed, memory, self._description,
-                              {"grad": grad_file, "embed": embed_file}, {"grad": grad_hit, "embed": embed_hit})
+        return TensorRTEngine(files, grad, embed, memory, self._description, engine_files, from_cache, held)
 
     @staticmethod
-    def _check_shapes(files: SurrogateFiles, grad: _TrtGraph, embed: _TrtGraph) -> None:
+    def _check_shapes(files: SurrogateFiles, grad: _TrtGraph, embed: _TrtGraph, held: _TrtGraph | None = None) -> None:
         s, k, d, b = files.input_size, files.num_targets, files.embedding_dim, files.max_batch
+
+        def gradient_shapes(k: int) -> dict[str, tuple[int, ...]]:
+            return {"x": (1, 3, s, s), "cotangents": (1, k, d), "embedding": (1, d), "grad": (1, k, 3, s, s)}
+
         want = {
-            "gradient graph": (grad.max_shapes, {"x": (1, 3, s, s), "cotangents": (1, k, d),
-                                                 "embedding": (1, d), "grad": (1, k, 3, s, s)}),
+            "gradient graph": (grad.max_shapes, gradient_shapes(k)),
             "embedding graph": (embed.max_shapes, {"x": (b, 3, s, s), "embedding": (b, d)}),
         }
+        if held is not None:
+            want["single-target gradient graph"] = (held.max_shapes, gradient_shapes(1))
         for label, (have, expected) in want.items():
             if have != expected:
                 raise ModelError(f"{files.id}: {label} shapes {have} do not match the bundle's {expected} "
