@@ -28,11 +28,13 @@ import numpy as np
 
 from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.policy import ON_FAIL_POLICIES, SafetyPolicy  # noqa: F401  (part of the SDK's surface)
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, enroll
 from edgecloak.recipe import Recipe, bundle_for, resolve
 from edgecloak.runtime.atomic import write_bytes_atomic
 from edgecloak.runtime.detect.mtcnn import DetectedFace
 from edgecloak.runtime.face_region import FaceRegion, box_iou, grown_box
 from edgecloak.runtime.image_io import OutputFormat, load_image
+from edgecloak.runtime.profile import CloakProfile, load_profile, save_profile
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.targets import TargetBank
 
@@ -59,6 +61,7 @@ class FaceReport:
     reason: str | None = None
     steps: int = 0
     warm_started: bool = False
+    profile_started: bool = False  # started from the user's enrolled cloak profile (``Cloaker.profile``)
 
     @property
     def protected(self) -> bool:
@@ -132,6 +135,7 @@ class _FacePlan:
     steps: int = 0
     last_steps: int = 0
     warm_started: bool = False
+    profile_started: bool = False
     similarity: dict = field(default_factory=dict)
     margin: float | None = None
     redetected: bool = True
@@ -162,7 +166,7 @@ class _FacePlan:
             target=None if self.t_index is None else self.targets.identities[self.t_index],
             similarity=self.similarity, redetected=self.redetected, margin=self.margin, action=self.action,
             reason=None if self.passed(policy) else self.failure(policy), steps=self.steps,
-            warm_started=self.warm_started,
+            warm_started=self.warm_started, profile_started=self.profile_started,
         )
 
 
@@ -181,12 +185,51 @@ class Cloaker:
         self.detector = protector.detector
         self.targets = targets if targets is not None else protector.targets
         self.config = protector.config
+        self.profile: CloakProfile | None = None  # see ``use_profile``
+        self.profile_steps = DEFAULT_PROFILE_STEPS
         self._lock = threading.Lock()
 
     @property
     def backend(self) -> str:
         """What runs the surrogates, in words (for logs and reports)."""
         return self.protector.backend_description
+
+    def use_profile(self, profile: CloakProfile | str | os.PathLike[str] | None,
+                    steps: int = DEFAULT_PROFILE_STEPS) -> None:
+        """Start the profile owner's faces from their enrolled mask (by name, folder or object; None:
+        stop), with ``steps`` iterations of refinement (0: the mask as it is). Other faces, and an
+        owner's face whose profile target is not among this photo's targets, get the normal loop;
+        the self-check, retries and fail-closed rules hold either way.
+
+        Example:
+            >>> cloaker.use_profile("me", steps=2)          # doctest: +SKIP
+            >>> cloaker.protect(photo).faces[0].profile_started   # doctest: +SKIP
+            True
+        """
+        if steps < 0:
+            raise UsageError(f"profile steps must be >= 0, got {steps}")
+        if profile is not None and not isinstance(profile, CloakProfile):
+            profile = load_profile(profile)
+        if profile is not None and tuple(profile.surrogates) != tuple(self.protector.surrogate_ids):
+            raise UsageError(f"profile {profile.name!r} was enrolled on {','.join(profile.surrogates)}, this cloaker "
+                             f"runs {','.join(self.protector.surrogate_ids)}; use the preset it was enrolled with")
+        self.profile, self.profile_steps = profile, int(steps)
+
+    def enroll(self, photos: Sequence[str | os.PathLike[str] | np.ndarray], name: str, save: bool = True,
+               passes: int = ENROL_PASSES, steps: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> CloakProfile:
+        """Enrol a user from several photos of them (``edgecloak.enrolment.enroll``) and, with ``save``,
+        keep the profile under ``$EDGECLOAK_HOME/profiles/<name>`` (owner-only; an existing profile of
+        that name is refused). The photos themselves are not kept.
+
+        Example:
+            >>> profile = cloaker.enroll(["me1.jpg", "me2.jpg", "me3.jpg"], "me")   # doctest: +SKIP
+        """
+        with self._lock:
+            profile = enroll(self, photos, name, passes=passes, steps=steps, progress=progress)
+        if save:
+            save_profile(profile)
+        return profile
 
     @classmethod
     def load(
@@ -375,6 +418,13 @@ class Cloaker:
         if previous_target is not None and previous_target in targets.identities:
             targets = targets.select([targets.identities.index(previous_target)])  # same target: no flicker
             steps, plan.warm_started = warm.steps, True
+        elif self.profile is not None and self.profile.target in targets.identities and self.profile.is_owner(plan.user):
+            # the owner's face: start from their enrolled mask, towards its target, and refine briefly
+            x0, y0, x1, y1 = plan.region.box
+            start = image[y0:y1, x0:x1].astype(np.float32) + self.profile.region_start(plan.face.landmarks, plan.region.box)
+            current[y0:y1, x0:x1] = np.clip(np.round(start), 0, 255).astype(np.uint8)
+            targets = targets.select([targets.identities.index(self.profile.target)])
+            steps, plan.profile_started = self.profile_steps, True
         self._run(plan, image, current, targets, steps, on_step)
 
     def _run(self, plan: "_FacePlan", image, current, targets: TargetBank, steps: int, on_step) -> None:

@@ -29,10 +29,12 @@ from typing import Any, Iterator
 from edgecloak.errors import OutputError
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True,
+                       mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` atomically (mode 0666 less the umask, or the replaced file's); return the path.
 
     ``overwrite=False`` raises ``OutputError`` when ``path`` exists, and never replaces it.
+    ``mode`` sets the file's mode exactly (0o600: private to its owner from the first byte on).
 
     Raises:
         OutputError: missing or read-only folder, disk full, the file exists (``overwrite=False``).
@@ -55,7 +57,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: 
             os.fsync(fh.fileno())
         # mkstemp makes the file 0600: give it what open() would (0666 less the umask; a user with
         # umask 077 keeps private files private), or the mode of the file it replaces
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if overwrite and path.exists() else 0o666 & ~_umask())
+        if mode is None:
+            mode = path.stat().st_mode & 0o7777 if overwrite and path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -143,14 +143,18 @@ class RuntimeProtector:
         ``original`` is the unprotected photo (the budget is around it), ``current`` the photo with
         earlier faces already protected, or a warm start (where this face's loop starts). At most
         the graphs' K of ``targets`` are chased (the first ones). ``steps`` overrides the iteration
-        count for this pass (retries, warm-started video frames).
+        count for this pass (retries, warm-started video frames); 0 keeps ``current``'s start as it
+        is, projected into the budget (a cloak profile's mask without refinement).
         """
         if not isinstance(face, FaceRegion):
             face = self.face_region(face, original.shape[:2])
-        loop = RuntimeTIPIM(self.engines, self.config if steps is None else replace(self.config, steps=steps))
+        loop = RuntimeTIPIM(self.engines, self.config if not steps else replace(self.config, steps=steps))
         chased = targets.select(range(min(targets.size, loop.max_targets)))
-        result = loop.run(_region_batch(original, face.box), face, chased, start=_region_batch(current, face.box),
-                          on_step=on_step)
+        region, start = _region_batch(original, face.box), _region_batch(current, face.box)
+        if steps == 0:  # the start as it is (a cloak profile's mask), within the budget
+            result = loop.settle(region, face, chased, start)
+        else:
+            result = loop.run(region, face, chased, start=start, on_step=on_step)
         protected = result.region[0].transpose(1, 2, 0).astype(np.uint8)
         return FaceResult(box=tuple(int(v) for v in face.box), region=protected, target_index=result.target_index,
                           steps=len(result.gains), gains=result.gains, seconds=result.seconds)

@@ -158,6 +158,18 @@ class RuntimeTIPIM:
         return all(float(emb[e.id][row] @ targets.embeddings[e.id][t]) - float(emb[e.id][row] @ real[e.id][0]) > margin
                    for e in self.engines)
 
+    def settle(self, region: np.ndarray, face: FaceRegion, targets: TargetBank, start: np.ndarray) -> RuntimeResult:
+        """No iterations: ``start`` projected into the budget around ``region`` (the ORIGINAL pixels
+        [1,3,h,w]), rounded, and scored; for a start that needs no refinement (a cloak profile's
+        mask at N 0). Every pixel keeps its floor(limit), as after ``run``."""
+        x0 = np.ascontiguousarray(region, dtype=np.float32)
+        limit = budget_map(x0, face, self.config.eps, self.config.support, self.config.perceptual)
+        x = self.project(np.asarray(start, np.float32), x0, self.bounds(x0, limit))
+        out = self.finalise(x, x0, limit)
+        plain = {e.id: face_sampler(face, e.id, e.files.input_size, None) for e in self.engines}
+        target_index = int(self.gain(self.embed(out, plain), self.embed(x0, plain), targets)[0].argmax())
+        return RuntimeResult(region=out, target_index=target_index, gains=[])
+
     def run(
         self,
         region: np.ndarray,

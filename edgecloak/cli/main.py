@@ -14,10 +14,11 @@ from typing import Sequence
 from edgecloak import __version__
 from edgecloak.errors import EdgecloakError
 
-from . import batch, bench, calibrate, evaluate, export, models, protect, run
+from . import batch, bench, calibrate, evaluate, export, models, profiles, protect, run
 
 COMMANDS = (protect.ProtectCommand, batch.BatchCommand, run.RunCommand, export.ExportCommand, bench.BenchCommand,
-            evaluate.EvalCommand, calibrate.CalibrateCommand, models.ModelsCommand)
+            evaluate.EvalCommand, calibrate.CalibrateCommand, models.ModelsCommand, profiles.EnrollCommand,
+            profiles.ProfilesCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,8 @@ from edgecloak.runtime.atomic import write_json_atomic
 from edgecloak.runtime.backends import BACKENDS
 from edgecloak.runtime.image_io import OutputFormat
 
-from .settings import add_policy_arguments, add_recipe_arguments, add_settings_arguments, recipe_from
+from .settings import (add_policy_arguments, add_profile_arguments, add_recipe_arguments, add_settings_arguments,
+                       recipe_from)
 
 
 class ProtectCommand:
@@ -35,6 +36,7 @@ class ProtectCommand:
         p.add_argument("--target", action="append", default=[], type=Path, metavar="PHOTO",
                        help="a target identity photo (repeatable); default: the 10 shipped identities")
         p.add_argument("-k", "--num-targets", type=int, default=None, help="use the first K targets (paper: 10)")
+        add_profile_arguments(p)
         add_settings_arguments(p)
         add_policy_arguments(p)
         p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
@@ -75,6 +77,8 @@ class ProtectCommand:
             return exit_code
 
         cloaker = Cloaker.from_recipe(recipe, args.backend, target_photos=args.target, num_targets=args.num_targets)
+        if args.profile is not None:
+            cloaker.use_profile(args.profile, args.profile_steps)
         print(f"backend: {cloaker.backend}")
         for photo in duplicates(args.photos):
             print(f"note: {photo} was given more than once; protected once")

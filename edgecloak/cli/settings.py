@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS
 from edgecloak.errors import UsageError
 from edgecloak.policy import ON_FAIL_POLICIES, SafetyPolicy
 from edgecloak.recipe import Recipe, resolve
@@ -78,6 +79,15 @@ def recipe_from(args: argparse.Namespace, default_preset: str | None = None, pol
     preset = args.preset if args.preset is not None or bundle is not None else default_preset
     return resolve(preset, bundle, settings=settings_from(args),
                    policy=_policy_flags(args) if policy else None, **overrides)
+
+
+def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --profile NAME and --profile-steps N (``Cloaker.use_profile``)."""
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="start the enrolled user's faces from their cloak profile (edgecloak enroll)")
+    parser.add_argument("--profile-steps", type=int, default=DEFAULT_PROFILE_STEPS, metavar="N",
+                        help=f"refinement steps of a profile-started face (default {DEFAULT_PROFILE_STEPS}; 0: the "
+                             "profile's mask as it is)")
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:

@@ -64,10 +64,11 @@ from edgecloak.runtime.image_io import load_image, save_image_atomic
 from edgecloak.runtime.paths import edgecloak_home
 
 from .evaluators import Evaluators
-from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProtectionMethod
-from .metrics import (Rate, accepted, bootstrap_interval, change_outside, far_resolved, impostor_scores, psnr, psr_keys, rank_metrics, similarity_to, ssim,
+from .methods import BlurBaseline, CloakerMethod, NoiseBaseline, NoProtection, ProfileMethod, ProtectionMethod
+from .metrics import (Rate, accepted, bootstrap_interval, change_outside, far_resolved, impostor_scores, linkability, psnr,
+                      psr_keys, rank_metrics, similarity_to, ssim,
                       threshold_at_far)
-from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, families_left_out, split_photos
+from .protocol import DEFAULT_EVALUATORS, FAMILIES, MAIN_METHODS, enrolment_photos, families_left_out, split_photos
 from .transforms import UPLOAD_TRANSFORMS, apply_transform
 
 # TIP-IM with the paper's published loop settings: one surrogate, N 50, alpha 1.5, eps 12, no input
@@ -127,6 +128,19 @@ def preset_method(name: str, backend: str = "auto", seed: int = 0, label: str | 
     return CloakerMethod(label or name, recipe.surrogates, recipe.settings, backend, **kwargs)
 
 
+# a judged recipe's settings that make it a profile method (``ProfileMethod`` fields), not loop settings
+PROFILE_KEYS = ("profile_steps", "passes", "enrol_steps")
+
+
+def profile_method(name: str, surrogates: Sequence[str], config: dict[str, Any], backend: str,
+                   profile: dict[str, Any], **kwargs: Any) -> ProtectionMethod:
+    """A TIP-IM recipe started from per-user cloak profiles (``profile``: ``PROFILE_KEYS`` values);
+    with no ``profile`` settings, the recipe itself (``CloakerMethod``)."""
+    if not profile:
+        return CloakerMethod(name, tuple(surrogates), config, backend, **kwargs)
+    return ProfileMethod(name, tuple(surrogates), config, backend, **kwargs, **profile)
+
+
 def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, ProtectionMethod]:
     """The compared methods by name (see ``methods.py``): baselines, TIP-IM as published and the
     presets, every TIP-IM one on the runtime ``backend``."""
@@ -140,6 +154,10 @@ def method_catalogue(backend: str = "auto", seed: int = 0) -> dict[str, Protecti
         "paper": preset_method("paper", backend, seed),
         # the measured presets (calibration/presets.json), as configured (no self-check retries)
         **{name: preset_method(name, backend, seed) for name in CHOSEN},
+        # the default started from each user's cloak profile (enrolled on their optimisation photos)
+        **{label: profile_method(label, recipe.surrogates, recipe.settings, backend, {"profile_steps": steps})
+           for label, recipe, steps in ((f"balanced-profile-n{n}", resolve("balanced", settings={"seed": seed}), n)
+                                        for n in (0, 2))},
     }
 
 
@@ -210,6 +228,7 @@ def cross_family_methods(spec: str, backend: str = "auto", seed: int = 0, evalua
         1
     """
     preset, overrides = judged_recipe(spec)
+    profile = {k: overrides.pop(k) for k in PROFILE_KEYS if k in overrides}
     chosen = overrides.pop("surrogates", None)
     surrogates = resolve(preset, surrogates=chosen, settings=overrides).surrogates
     methods: list[ProtectionMethod] = []
@@ -220,8 +239,8 @@ def cross_family_methods(spec: str, backend: str = "auto", seed: int = 0, evalua
                 log(f"note: {name} skipped: {remaining}")
             continue
         recipe = resolve(preset, surrogates=remaining, settings={**overrides, "seed": seed})
-        methods.append(CloakerMethod(name, recipe.surrogates, recipe.settings, backend, family=CROSS_FAMILY,
-                                     held_out_family=family))
+        methods.append(profile_method(name, recipe.surrogates, recipe.settings, backend, profile, family=CROSS_FAMILY,
+                                      held_out_family=family))
     return methods
 
 
@@ -434,7 +453,7 @@ def _protect_all(method: ProtectionMethod, probes: list[Probe], split, out: Path
             meta_path = image_path.with_suffix(".json")
             if not (image_path.exists() and meta_path.exists()):
                 if not prepared:
-                    method.prepare(split.optimisation)
+                    method.prepare(enrolment_photos(split))  # never a probe
                     prepared = True
                 failed = None
                 try:
@@ -496,6 +515,7 @@ def _score(
     dodge_key, target_key = psr_keys(strict[0])
     per_probe: list[dict] = []
     outcomes: dict[tuple[str, str], list[dict]] = {}
+    published: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}  # (transform, evaluator) -> user -> embeddings
     bar = _progress(len(records) * len(transforms), f"score {method.name}", progress)
     for record, probe in zip(records, probes):
         protected = load_image(out / record["image_path"])
@@ -505,6 +525,7 @@ def _score(
             image, scale = apply_transform(transform, protected)
             emb, redetected = evaluators.embed(image, probe.box * scale, probe.landmarks * scale)
             for eid in evaluators.ids:
+                published.setdefault((transform, eid), {}).setdefault(probe.identity, []).append(emb[eid])
                 g, labels = gallery.embeddings[eid][keep], gallery.labels[keep]
                 m = rank_metrics(emb[eid][None], [probe.identity], [targets], g, list(labels))
                 scores = g @ emb[eid]
@@ -530,6 +551,8 @@ def _score(
                "white_box": eid in method.surrogates, "n": len(items)}
         for k in items[0]:
             row[k] = float(np.mean([o[k] for o in items]))
+        if eid in strict[1]:  # two of a user's published photos accepted as one person (FAR strict)
+            row["linkable"], row["linkable_pairs"] = linkability(published[(transform, eid)], strict[1][eid])
         rows.append(row)
     return rows, per_probe
 
@@ -585,6 +608,8 @@ def _summaries(method: ProtectionMethod, rows: list[dict], records: list[dict], 
             chosen = [r for r in rows if r["transform"] == transform and r["white_box"] == flag]
             for k in ("rank1_ut", "rank5_ut", "rank1_t", "rank5_t", "dodged"):
                 summary[f"{side}_{k}"] = float(np.mean([r[k] for r in chosen])) if chosen else None
+            linked = [r["linkable"] for r in chosen if r.get("linkable") is not None]
+            summary[f"{side}_linkable"] = float(np.mean(linked)) if linked else None
             if not per_probe:
                 continue
             evaluators = [r["evaluator"] for r in chosen]

@@ -30,11 +30,13 @@ import cv2
 import numpy as np
 
 from edgecloak.cloaker import Cloaker
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, enroll
 from edgecloak.policy import SafetyPolicy
 from edgecloak.recipe import Recipe, resolve
 from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.face_region import grown_box as face_region
 from edgecloak.export.zoo.photos import load_face_photo
+from edgecloak.runtime.profile import CloakProfile
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.targets import TargetBank
 
@@ -210,6 +212,43 @@ class CloakerMethod(ProtectionMethod):
         if self.cloaker is not None:
             self.cloaker.protector.close()
             self.cloaker = None
+
+
+@dataclass
+class ProfileMethod(CloakerMethod):
+    """TIP-IM started from per-user cloak profiles (``edgecloak.enrolment``): every user is enrolled
+    once, on the photos the evaluation gives ``prepare`` (the split's optimisation photos, never a
+    probe: ``protocol.enrolment_photos``), towards a target among their bank; each probe of theirs
+    then starts from the profile and runs ``profile_steps`` (0: the mask as it is). ``seconds`` per
+    photo is the protect time; the one-off enrolment time is ``enrol_seconds`` (per user)."""
+
+    name: str = "profile"
+    family: str = "profile"
+    profile_steps: int = DEFAULT_PROFILE_STEPS
+    passes: int = ENROL_PASSES
+    enrol_steps: int | None = None  # iterations per enrolment photo and pass (None: the recipe's N)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.profiles: dict[str, CloakProfile] = {}
+        self.enrol_seconds: dict[str, float] = {}
+
+    def settings(self):
+        return {**super().settings(), "profile_steps": self.profile_steps, "passes": self.passes,
+                "enrol_steps": self.enrol_steps}
+
+    def prepare(self, target_photos):
+        super().prepare(target_photos)
+        for user, photos in target_photos.items():
+            t0 = time.perf_counter()
+            images = [load_face_photo(p) for p in photos]
+            self.profiles[user] = enroll(self.cloaker, images, f"user-{len(self.profiles)}", passes=self.passes,
+                                         steps=self.enrol_steps, targets=self.banks[user])
+            self.enrol_seconds[user] = time.perf_counter() - t0
+
+    def protect(self, image, face_box, identity, seed):
+        self.cloaker.use_profile(self.profiles[identity], self.profile_steps)
+        return super().protect(image, face_box, identity, seed)
 
 
 def identity_embeddings(protector: RuntimeProtector, photos: Mapping[str, Sequence[Path]]) -> TargetBank:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -402,3 +402,19 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         smap = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
         values.append(float(smap.mean()))
     return float(np.mean(values))
+
+
+def linkability(by_user: Mapping[str, Sequence[np.ndarray]], threshold: float) -> tuple[float | None, int]:
+    """(share of same-user pairs a recognizer accepts as one person, number of pairs): how often two
+    photos of a user, as published, can be linked to each other (unit embeddings, cosine
+    ``accepted`` above ``threshold``). For protected photos, compare it with the clean photos' own:
+    a fixed mask per user could make the user's protected photos match each other.
+
+    Example:
+        >>> a, b = np.array([1.0, 0.0]), np.array([0.6, 0.8])
+        >>> linkability({"u": [a, a, b], "v": [b]}, 0.7)
+        (0.3333333333333333, 3)
+    """
+    outcomes = [bool(accepted(float(np.dot(x, y)), threshold))
+                for vectors in by_user.values() for i, x in enumerate(vectors) for y in vectors[i + 1:]]
+    return (float(np.mean(outcomes)) if outcomes else None), len(outcomes)

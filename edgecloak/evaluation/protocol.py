@@ -117,6 +117,28 @@ class Split:
                 if p != probe and p not in held_out]
 
 
+def enrolment_photos(split: Split) -> dict[str, list[Path]]:
+    """What a method may learn each user from (its targets' embeddings, a user's cloak profile): the
+    split's optimisation photos. A probe among them would score a method on a photo it learned from,
+    so that is refused (``ValueError``).
+
+    Example:
+        >>> s = Split({"u": [Path("a.jpg")]}, {"u": [Path("b.jpg")]}, {})
+        >>> enrolment_photos(s)
+        {'u': [PosixPath('b.jpg')]}
+        >>> enrolment_photos(Split({"u": [Path("a.jpg")]}, {"v": [Path("a.jpg")]}, {}))
+        Traceback (most recent call last):
+        ...
+        ValueError: a.jpg is a probe and may not be learned from
+    """
+    probes = {p for paths in split.probes.values() for p in paths}
+    for paths in split.optimisation.values():
+        for p in paths:
+            if p in probes:
+                raise ValueError(f"{p} is a probe and may not be learned from")
+    return split.optimisation
+
+
 def split_photos(
     photos: Mapping[str, Sequence[Path]], probes_per_identity: int = 2, targets_per_identity: int = 3
 ) -> Split:

@@ -1,0 +1,109 @@
+"""Enrolment: a user's cloak profile from a few photos of them (``runtime.profile`` stores it).
+
+The universal identity mask is made by the product's one TIP-IM loop, run over the enrolment
+photos in turn: each photo's loop starts from the mask the photos before it left (moved onto its
+face through the canonical frame), and its result, moved back, becomes the mask. ``passes`` rounds
+over all photos make it fit every one of them: the usual way a universal perturbation is built,
+with the loop's own input diversity (alignment jitter, a new seed per photo and pass) as
+augmentation. The target is the one the loop picks for the first photo among the cloaker's targets
+that do not look like the user; every later photo is pushed towards the same one.
+
+Example:
+    >>> cloaker = Cloaker.load(preset="balanced")                               # doctest: +SKIP
+    >>> profile = enroll(cloaker, ["me1.jpg", "me2.jpg", "me3.jpg"], "me")      # doctest: +SKIP
+    >>> profile.target, profile.photos                                          # doctest: +SKIP
+    ('tom_hanks', 3)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from edgecloak.errors import UsageError
+from edgecloak.runtime.image_io import load_image
+from edgecloak.runtime.profile import CANONICAL, CloakProfile, check_name, from_canonical, to_canonical
+from edgecloak.runtime.targets import TargetBank
+from edgecloak.runtime.tipim import RuntimeTIPIM
+
+if TYPE_CHECKING:
+    from edgecloak.cloaker import Cloaker
+
+ENROL_PASSES = 2  # rounds over the enrolment photos
+# refinement steps of a profile-started face (``Cloaker.use_profile``); see README "Cloak profiles"
+DEFAULT_PROFILE_STEPS = 2
+MIN_PHOTOS = 2
+
+
+def enroll(
+    cloaker: "Cloaker",
+    photos: Sequence[str | os.PathLike[str] | np.ndarray],
+    name: str,
+    passes: int = ENROL_PASSES,
+    steps: int | None = None,
+    targets: TargetBank | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CloakProfile:
+    """A cloak profile for the user in ``photos`` (the largest face of each), not yet saved.
+
+    ``steps``: iterations per photo and pass (default: the cloaker's preset N); ``targets``: the
+    identities to choose from (default: the cloaker's). ``progress(done, total)`` after each loop.
+
+    Raises ``UsageError`` for fewer than two photos or a bad name, ``NoFaceError`` for a photo
+    without a face.
+    """
+    check_name(name)
+    if len(photos) < MIN_PHOTOS:
+        raise UsageError(f"enrolment needs at least {MIN_PHOTOS} photos of the user, got {len(photos)}")
+    if passes < 1:
+        raise UsageError(f"passes must be >= 1, got {passes}")
+    protector = cloaker.protector
+    faces = []
+    for photo in photos:
+        image = photo if isinstance(photo, np.ndarray) else load_image(photo)
+        label = "image" if isinstance(photo, np.ndarray) else str(photo)
+        detected = protector.detector.largest_face(image, label)
+        region = protector.face_region(detected.landmarks, image.shape[:2])
+        x0, y0, x1, y1 = region.box
+        pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
+        faces.append((pixels, region, protector.embed_face(image, region)))
+    # the owner's template: per surrogate, the normalised mean of the faces' unit embeddings
+    template = {}
+    for sid in protector.surrogate_ids:
+        mean = np.mean([user[sid][0] for _, _, user in faces], axis=0)
+        template[sid] = (mean / np.linalg.norm(mean))[None].astype(np.float32)
+    bank = (targets if targets is not None else cloaker.targets).excluding_lookalikes(template)
+    if bank.size == 0:
+        raise UsageError("every target identity looks like the user; enrol with other --target photos")
+    config = cloaker.config if steps is None else replace(cloaker.config, steps=steps)
+    mask = np.zeros((CANONICAL.size, CANONICAL.size, 3), np.float32)
+    eps = float(np.floor(config.eps))
+    target: str | None = None
+    total, done = passes * len(faces), 0
+    for round_index in range(passes):
+        for i, (pixels, region, _) in enumerate(faces):
+            chased = bank if target is None else bank.select([bank.identities.index(target)])
+            start = pixels + np.clip(from_canonical(mask, region.landmarks, region.box), -eps, eps) \
+                .transpose(2, 0, 1)[None]
+            loop = RuntimeTIPIM(protector.engines, replace(config, seed=config.seed + done))
+            result = loop.run(pixels, region, chased.select(range(min(chased.size, loop.max_targets))),
+                              start=np.clip(start, 0, 255))
+            if target is None:
+                target = chased.identities[result.target_index]
+            delta = (result.region - pixels)[0].transpose(1, 2, 0)
+            moved = to_canonical(delta, region.landmarks, region.box)
+            covered = to_canonical(np.ones_like(delta), region.landmarks, region.box) > 0.999
+            mask[covered] = moved[covered]  # where this face reaches, its mask is the new one
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return CloakProfile(
+        name=name, surrogates=tuple(protector.surrogate_ids), eps=float(config.eps),
+        mask=np.clip(np.round(mask), -eps, eps).astype(np.int8), target=str(target), template=template,
+        photos=len(faces), settings={"steps": int(config.steps), "passes": passes,
+                                     "preset": cloaker.recipe.preset if cloaker.recipe is not None else None},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

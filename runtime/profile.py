@@ -1,0 +1,251 @@
+"""Per-user cloak profiles: one identity mask per user, computed once, started from on every photo.
+
+A device mostly protects its owner. Enrolment (``edgecloak.enrolment``) runs the full TIP-IM loop
+over several photos of the user, each one starting from the mask the previous ones left, and keeps
+the result as a **universal identity mask** in a canonical face frame (``CANONICAL``: the aligned
+face at 224 px, zoomed out to cover the whole region the loop may change). At protect time a face
+that matches the profile's owner starts from that mask, warped onto it by its landmarks, and runs a
+short refinement towards the profile's target (N may be 0); every other face gets the normal loop.
+The budget, the self-check and the fail-closed rules are the same either way.
+
+What a profile holds, and nothing else:
+
+* the mask (int8, |value| <= floor(eps)) and the target identity it was optimised towards;
+* the owner's **biometric template**: per surrogate, the mean unit embedding of the enrolment
+  faces. It is what recognises the owner's face, so it is personal data: profiles live under
+  ``$EDGECLOAK_HOME/profiles/<name>/`` with owner-only permissions (folder 0700, files 0600),
+  never hold the photos, and ``remove_profile`` deletes them for good;
+* the settings it was made with (surrogates, eps, how many photos).
+
+``profile.json`` records the sha256 of ``profile.npz``; a profile whose bytes do not match is
+refused with one line (``ModelError``), as a changed bundle is.
+
+Example:
+    >>> profile = load_profile("me")                                   # doctest: +SKIP
+    >>> profile.owner_similarity(user_embeddings) >= 0                   # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+from edgecloak.errors import ModelError, UsageError
+
+from .align import CropGeometry, alignment_matrix
+from .atomic import write_bytes_atomic
+from .hashing import sha256_file
+from .paths import edgecloak_home
+
+PROFILE_FORMAT = 1
+# the canonical face frame of a profile's mask: the 112-px ArcFace template at 224 px, zoomed out
+# 1.2x so that it covers the region the loop changes (every surrogate's crop + a 15% margin)
+CANONICAL = CropGeometry(224, 1.2)
+# A face is the owner's when, for EVERY surrogate, its cosine to the owner's template reaches that
+# surrogate's threshold at a false-accept rate of 1e-3, measured on the evaluation's real impostor
+# pairs (10 users + 609 one-photo distractors; ``edgecloak eval``'s ``thresholds_at_far_strict``).
+# A false match only costs a less fitting start (the refinement and the self-check still run); a
+# miss costs the normal loop's time.
+OWNER_THRESHOLDS = {"mobileface": 0.465, "faceres": 0.657, "facenet-casia": 0.810, "faceres-deep": 0.767,
+                    "facenet-keras": 0.529}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def profiles_dir() -> Path:
+    """``$EDGECLOAK_HOME/profiles``: one folder per profile."""
+    return edgecloak_home() / "profiles"
+
+
+def check_name(name: str) -> str:
+    """A profile name: letters, digits, ``_ . -``, at most 64, not starting with a dot; else ``UsageError``.
+
+    Example:
+        >>> check_name("me")
+        'me'
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UsageError(f"profile name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a "
+                         "letter or digit")
+    return name
+
+
+def _region_matrix(landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """2 x 3: pixel (u, v) of the region ``box`` -> the canonical frame."""
+    m = alignment_matrix(landmarks, CANONICAL)
+    shifted = m.copy()
+    shifted[:, 2] += m[:, :2] @ np.array([box[0], box[1]], np.float64)
+    return shifted
+
+
+def to_canonical(delta: np.ndarray, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A face region's mask [h, w, 3] (float) moved into the canonical frame [224, 224, 3] float32
+    (0 where the region does not reach).
+
+    Example:
+        >>> lm = CANONICAL.template(); d = np.ones((224, 224, 3), np.float32)
+        >>> float(to_canonical(d, lm, (0, 0, 224, 224))[112, 112, 0])
+        1.0
+    """
+    size = CANONICAL.size
+    return cv2.warpAffine(np.ascontiguousarray(delta, np.float32), _region_matrix(landmarks, box), (size, size),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def from_canonical(mask: np.ndarray, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The canonical mask [224, 224, 3] placed on a face: its region's mask [h, w, 3] float32 (0
+    outside the canonical frame).
+
+    Example:
+        >>> lm = CANONICAL.template(); m = np.full((224, 224, 3), 5, np.float32)
+        >>> float(from_canonical(m, lm, (0, 0, 224, 224))[112, 112, 1])
+        5.0
+    """
+    x0, y0, x1, y1 = box
+    return cv2.warpAffine(np.ascontiguousarray(mask, np.float32), _region_matrix(landmarks, box), (x1 - x0, y1 - y0),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+
+
+@dataclass
+class CloakProfile:
+    """One user's enrolled cloak: the canonical mask, its target, and the owner's template.
+
+    Example:
+        >>> p = CloakProfile("me", ("m",), 12.0, np.zeros((224, 224, 3), np.int8), "tom", {"m": np.ones((1, 4))})
+        >>> p.owner_similarity({"m": np.ones((1, 4)) / 2})
+        {'m': 1.0}
+    """
+
+    name: str
+    surrogates: tuple[str, ...]
+    eps: float
+    mask: np.ndarray  # [224, 224, 3] int8, |value| <= floor(eps)
+    target: str  # the target identity the mask moves the owner towards
+    template: dict[str, np.ndarray]  # surrogate -> [1, D] unit mean embedding of the enrolment faces
+    photos: int = 0  # how many photos it was enrolled from
+    settings: dict = field(default_factory=dict)  # what enrolment ran (preset, steps, passes)
+    created: str = ""
+
+    def owner_similarity(self, user: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Cosine of a face's unit embeddings {surrogate: [1, D]} to the template, per surrogate."""
+        out = {}
+        for sid, t in self.template.items():
+            u = np.asarray(user[sid], np.float64).reshape(-1)
+            out[sid] = float(u @ np.asarray(t, np.float64).reshape(-1) / max(np.linalg.norm(u), 1e-12)
+                             / max(np.linalg.norm(t), 1e-12))
+        return out
+
+    def is_owner(self, user: Mapping[str, np.ndarray]) -> bool:
+        """Does this face match the owner for every surrogate (``OWNER_THRESHOLDS``)?"""
+        sims = self.owner_similarity(user)
+        return all(sims[sid] >= OWNER_THRESHOLDS.get(sid, 1.0) for sid in sims)
+
+    def region_start(self, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The mask on a face: its region's delta [h, w, 3] float32, within +-floor(eps)."""
+        eps = float(np.floor(self.eps))
+        return np.clip(from_canonical(self.mask.astype(np.float32), landmarks, box), -eps, eps)
+
+
+def save_profile(profile: CloakProfile, folder: Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``profile`` into ``folder`` (default ``profiles_dir()/<name>``) with owner-only
+    permissions; ``overwrite=False`` refuses an existing profile of that name (``UsageError``).
+
+    Example:
+        >>> save_profile(profile).name          # doctest: +SKIP
+        'me'
+    """
+    check_name(profile.name)
+    folder = Path(folder) if folder is not None else profiles_dir() / profile.name
+    if (folder / "profile.json").exists() and not overwrite:
+        raise UsageError(f"a profile named {profile.name!r} exists ({folder}); remove it first "
+                         f"(`edgecloak profiles remove {profile.name}`) or choose another name")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    buffer = io.BytesIO()
+    arrays = {"mask": profile.mask.astype(np.int8)}
+    arrays.update({f"template/{sid}": np.asarray(t, np.float32) for sid, t in profile.template.items()})
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(folder / "profile.npz", buffer.getvalue(), mode=0o600)
+    meta = {"format": PROFILE_FORMAT, "name": profile.name, "surrogates": list(profile.surrogates),
+            "eps": profile.eps, "target": profile.target, "photos": profile.photos, "settings": profile.settings,
+            "created": profile.created, "canonical": {"size": CANONICAL.size, "scale": CANONICAL.scale},
+            "sha256": {"profile.npz": sha256_file(folder / "profile.npz")}}
+    write_bytes_atomic(folder / "profile.json", json.dumps(meta, indent=1).encode(), mode=0o600)
+    return folder
+
+
+def load_profile(name_or_folder: str | os.PathLike[str]) -> CloakProfile:
+    """A saved profile by name (in ``profiles_dir()``) or folder, its hash checked.
+
+    Raises ``ModelError`` (one line) when it is missing, of another format, or its bytes changed.
+
+    Example:
+        >>> load_profile("me").target          # doctest: +SKIP
+        'tom_hanks'
+    """
+    text = str(name_or_folder)
+    folder = Path(text) if os.sep in text or Path(text).is_dir() else profiles_dir() / check_name(text)
+    try:
+        meta = json.loads((folder / "profile.json").read_text())
+    except FileNotFoundError:
+        raise ModelError(f"no cloak profile in {folder}; enrol one with `edgecloak enroll PHOTO... --name NAME`") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}/profile.json: unreadable ({exc}); remove the profile and enrol again") from None
+    if not isinstance(meta, dict) or meta.get("format") != PROFILE_FORMAT:
+        raise ModelError(f"{folder}: profile format {meta.get('format') if isinstance(meta, dict) else '?'}, "
+                         f"this edgecloak reads {PROFILE_FORMAT}; enrol again")
+    want = (meta.get("sha256") or {}).get("profile.npz")
+    if not (folder / "profile.npz").is_file() or sha256_file(folder / "profile.npz") != want:
+        raise ModelError(f"{folder}/profile.npz: does not match the sha256 its profile.json records (changed or "
+                         "damaged); remove the profile and enrol again")
+    with np.load(folder / "profile.npz", allow_pickle=False) as data:
+        mask = data["mask"]
+        template = {key.split("/", 1)[1]: data[key] for key in data.files if key.startswith("template/")}
+    surrogates = tuple(meta["surrogates"])
+    if mask.shape != (CANONICAL.size, CANONICAL.size, 3) or set(template) != set(surrogates):
+        raise ModelError(f"{folder}: the profile's mask or template does not fit its own record; enrol again")
+    return CloakProfile(name=meta["name"], surrogates=surrogates, eps=float(meta["eps"]), mask=mask,
+                        target=meta["target"], template=template, photos=int(meta.get("photos", 0)),
+                        settings=meta.get("settings", {}), created=meta.get("created", ""))
+
+
+def list_profiles() -> list[dict]:
+    """One record per saved profile (name, surrogates, target, photos, created; ``error`` if unreadable)."""
+    out = []
+    root = profiles_dir()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (folder / "profile.json").exists():
+            continue
+        try:
+            p = load_profile(folder)
+            out.append({"name": p.name, "surrogates": list(p.surrogates), "target": p.target, "photos": p.photos,
+                        "eps": p.eps, "created": p.created, "path": str(folder)})
+        except ModelError as exc:
+            out.append({"name": folder.name, "error": str(exc), "path": str(folder)})
+    return out
+
+
+def remove_profile(name: str) -> Path:
+    """Delete a saved profile (mask and template) for good; ``UsageError`` when there is none."""
+    folder = profiles_dir() / check_name(name)
+    if not (folder / "profile.json").exists() and not (folder / "profile.npz").exists():
+        raise UsageError(f"no cloak profile named {name!r} in {profiles_dir()}")
+    for f in folder.iterdir():  # overwrite before unlinking: the template is biometric data
+        if f.is_file():
+            size = f.stat().st_size
+            with open(f, "r+b") as fh:
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+    shutil.rmtree(folder)
+    return folder
