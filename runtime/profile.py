@@ -135,6 +135,7 @@ class CloakProfile:
     photos: int = 0  # how many photos it was enrolled from
     settings: dict = field(default_factory=dict)  # what enrolment ran (preset, steps, passes)
     created: str = ""
+    sha256: str | None = None  # of its profile.npz, once saved or loaded
 
     def owner_similarity(self, user: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Cosine of a face's unit embeddings {surrogate: [1, D]} to the template, per surrogate."""
@@ -176,10 +177,11 @@ def save_profile(profile: CloakProfile, folder: Path | None = None, overwrite: b
     arrays.update({f"template/{sid}": np.asarray(t, np.float32) for sid, t in profile.template.items()})
     np.savez(buffer, **arrays)
     write_bytes_atomic(folder / "profile.npz", buffer.getvalue(), mode=0o600)
+    profile.sha256 = sha256_file(folder / "profile.npz")
     meta = {"format": PROFILE_FORMAT, "name": profile.name, "surrogates": list(profile.surrogates),
             "eps": profile.eps, "target": profile.target, "photos": profile.photos, "settings": profile.settings,
             "created": profile.created, "canonical": {"size": CANONICAL.size, "scale": CANONICAL.scale},
-            "sha256": {"profile.npz": sha256_file(folder / "profile.npz")}}
+            "sha256": {"profile.npz": profile.sha256}}
     write_bytes_atomic(folder / "profile.json", json.dumps(meta, indent=1).encode(), mode=0o600)
     return folder
 
@@ -216,7 +218,7 @@ def load_profile(name_or_folder: str | os.PathLike[str]) -> CloakProfile:
         raise ModelError(f"{folder}: the profile's mask or template does not fit its own record; enrol again")
     return CloakProfile(name=meta["name"], surrogates=surrogates, eps=float(meta["eps"]), mask=mask,
                         target=meta["target"], template=template, photos=int(meta.get("photos", 0)),
-                        settings=meta.get("settings", {}), created=meta.get("created", ""))
+                        settings=meta.get("settings", {}), created=meta.get("created", ""), sha256=want)
 
 
 def list_profiles() -> list[dict]:

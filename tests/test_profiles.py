@@ -127,6 +127,22 @@ def test_the_owner_starts_from_the_profile_and_others_do_not(cloaker, profile, p
         cloaker.use_profile(None)
 
 
+def test_batch_workers_run_the_profile_the_driver_read(profile, home):
+    from dataclasses import replace
+
+    from edgecloak.batch.worker import PhotoWorker, WorkerSpec, resolved, spec_key
+
+    save_profile(profile)
+    spec = resolved(WorkerSpec(preset="edge", profile="owner", profile_steps=0))
+    assert spec.profile_sha256 == load_profile("owner").sha256
+    # another profile, another key: a library cloaked with it is redone; none: the key of old
+    assert spec_key(spec) != spec_key(replace(spec, profile_sha256="0" * 64)) != spec_key(replace(spec, profile=None))
+    with pytest.raises(UsageError, match="not the one the batch was started with"):
+        PhotoWorker(replace(spec, profile_sha256="0" * 64))
+    with pytest.raises(ModelError, match="no cloak profile"):
+        resolved(WorkerSpec(preset="edge", profile="nobody"))
+
+
 def test_a_profile_of_other_surrogates_is_refused(cloaker, profile):
     from dataclasses import replace
 

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from edgecloak.cloaker import Cloaker
-from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, OutputError, ProtectionFailedError
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS
+from edgecloak.errors import EdgecloakError, InputImageError, NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.recipe import Recipe, resolve
 from edgecloak.runtime.atomic import write_bytes_atomic
 from edgecloak.runtime.image_io import OutputFormat, load_image
+from edgecloak.runtime.profile import load_profile
 
 from .manifest import _ends_a_line, _parse
 from .plan import Task, sha256_file
@@ -59,6 +61,11 @@ class WorkerSpec:
     threads: int | None = None  # CPU threads per worker (None: all of this process's)
     surrogates: tuple[str, ...] | None = None  # the preset's, spelled out by ``resolved``
     num_targets: int | None = None
+    # a cloak profile (its name in every worker's $EDGECLOAK_HOME/profiles; the digest the driver
+    # read, so that a worker holding another profile of that name refuses to start) and its steps
+    profile: str | None = None
+    profile_sha256: str | None = None
+    profile_steps: int = DEFAULT_PROFILE_STEPS
 
     def recipe(self) -> Recipe:
         """The recipe this spec asks for (``edgecloak.recipe.resolve``; ``UsageError`` when it is bad)."""
@@ -73,7 +80,15 @@ class PhotoWorker:
         if spec.threads:
             os.environ["EDGECLOAK_THREADS"] = str(spec.threads)  # read when the sessions start below
         self.spec = spec
+        profile = None
+        if spec.profile is not None:  # checked before the models load
+            profile = load_profile(spec.profile)
+            if spec.profile_sha256 is not None and profile.sha256 != spec.profile_sha256:
+                raise UsageError(f"profile {spec.profile!r} on {socket.gethostname()} is not the one the batch was "
+                                 "started with; copy the same profile to every node")
         self.cloaker = Cloaker.from_recipe(spec.recipe(), spec.backend)
+        if profile is not None:
+            self.cloaker.use_profile(profile, spec.profile_steps)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._journal: tuple[Path, int] | None = None  # (path, descriptor), opened on the first write
 
@@ -267,6 +282,8 @@ def resolved(spec: WorkerSpec) -> WorkerSpec:
     driver: every worker, on every node, then runs the same recipe whatever presets it has installed.
     A bad preset or setting is one ``UsageError`` here, before any worker starts."""
     recipe = spec.recipe()
+    if spec.profile is not None:
+        spec = replace(spec, profile_sha256=load_profile(spec.profile).sha256)
     if spec.bundle is not None:
         return spec
     return replace(spec, surrogates=recipe.surrogates, num_targets=recipe.num_targets, settings=recipe.settings,
@@ -283,6 +300,9 @@ def spec_key(spec: WorkerSpec) -> str:
         True
     """
     fields = {k: v for k, v in asdict(spec).items() if k not in ("threads", "output")}
+    if spec.profile is None:  # spelled as before profiles existed: libraries finished then keep their keys
+        for k in ("profile", "profile_sha256", "profile_steps"):
+            fields.pop(k)
     # Spelled as before outputs were self-checked on their decoded bytes: a PNG decodes to exactly the
     # checked pixels, so a library finished as PNG keeps its key and is not redone. A JPEG line made
     # before then was judged on pixels that were never written: the "checked" field redoes it.

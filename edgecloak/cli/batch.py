@@ -21,8 +21,8 @@ from edgecloak.runtime.backends import BACKENDS
 from edgecloak.runtime.image_io import OutputFormat
 
 from .protect import check_writable_parent
-from .settings import (add_fan_out_arguments, add_policy_arguments, add_recipe_arguments, add_settings_arguments,
-                       fan_out_from, recipe_from, settings_from)
+from .settings import (add_fan_out_arguments, add_policy_arguments, add_profile_arguments, add_recipe_arguments,
+                       add_settings_arguments, fan_out_from, recipe_from, settings_from)
 
 
 class BatchCommand:
@@ -42,6 +42,7 @@ class BatchCommand:
         add_recipe_arguments(p)
         p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="engine of the surrogates")
         add_fan_out_arguments(p, "cloak photos (each worker loads its own models; Ray: Data over an actor pool)")
+        add_profile_arguments(p)
         add_settings_arguments(p)
         add_policy_arguments(p)
         p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format (png is lossless)")
@@ -72,7 +73,8 @@ class BatchCommand:
         # into the same recipe for every worker (``batch.worker.resolved``)
         spec = WorkerSpec(preset=args.preset or DEFAULT_PRESET, bundle=str(args.bundle) if args.bundle else None,
                           backend=args.backend, settings=settings_from(args), policy=asdict(recipe.policy),
-                          output=output, copy_faceless=args.copy_faceless)
+                          output=output, copy_faceless=args.copy_faceless, profile=args.profile,
+                          profile_steps=args.profile_steps)
         fan = fan_out_from(args)
         settings = BatchSettings(args.source, args.destination, spec, fan["workers"], fan["ray"], fan["ray_address"],
                                  overwrite=args.overwrite, summary_copy=args.json)

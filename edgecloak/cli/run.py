@@ -17,7 +17,8 @@ from edgecloak.cloaker import Cloaker
 from edgecloak.errors import UsageError
 from edgecloak.runtime.backends import BACKENDS
 
-from .settings import add_policy_arguments, add_recipe_arguments, add_settings_arguments, recipe_from
+from .settings import (add_policy_arguments, add_profile_arguments, add_recipe_arguments, add_settings_arguments,
+                       recipe_from)
 
 # a frame in about half a second on a 2-core CPU (measured; see the README's camera section)
 CAMERA_PRESET = "fast"
@@ -60,6 +61,7 @@ class RunCommand:
         p.add_argument("--format", choices=("png", "jpg"), default="png",
                        help="png is lossless; jpg frames are self-checked as the JPEG decodes")
         p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 when --format jpg")
+        add_profile_arguments(p)
         add_settings_arguments(p)
         add_policy_arguments(p)
         p.set_defaults(handler=RunCommand.run)
@@ -97,6 +99,8 @@ class RunCommand:
         recipe = recipe_from(args, default_preset=CAMERA_PRESET)
         FrameSource(args.camera).close()  # fail fast, before the models load
         cloaker = Cloaker.from_recipe(recipe, args.backend)
+        if args.profile is not None:
+            cloaker.use_profile(args.profile, args.profile_steps)
         print(f"backend: {cloaker.backend}", flush=True)
         # logs the summary (JSON) and a final line, then raises for a lost camera (8) or all frames dropped (4)
         CameraSession(cloaker, settings, log=lambda m: print(m, flush=True)).run()
