@@ -65,15 +65,19 @@ class BudgetPoint:
     retries: int = 1  # the SDK's default
     axis: str = "steps"
     baseline: str | None = None  # the point this one is a cheaper/dearer variant of (savings table)
+    # started from per-user cloak profiles (``evaluation.harness.PROFILE_KEYS`` values, e.g.
+    # {"profile_steps": 2}); empty: the loop from the photo. Never a preset (it needs an enrolment).
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 def _point(surrogates: Sequence[str], steps: int, axis: str, suffix: str = "", alpha: float = 2.0,
-           retries: int = 1, num_targets: int | None = None, baseline: str | None = None, **settings) -> BudgetPoint:
+           retries: int = 1, num_targets: int | None = None, baseline: str | None = None,
+           profile: dict[str, Any] | None = None, **settings) -> BudgetPoint:
     stem = "+".join(SURROGATE_SHORT[s] for s in surrogates) + f"-n{steps}"
     if suffix and baseline is None:
         baseline = stem  # a variant of the same surrogates and N with the defaults
     return BudgetPoint(stem + suffix, tuple(surrogates), {"steps": steps, "alpha": alpha, **settings}, num_targets,
-                       retries, axis, baseline)
+                       retries, axis, baseline, dict(profile or {}))
 
 
 def sweep_points(quick: bool = False, only: Sequence[str] | None = None) -> list[BudgetPoint]:
@@ -144,6 +148,10 @@ def _grid(quick: bool) -> list[BudgetPoint]:
                baseline="m+f+c-n16-r4"),
         # the face's ellipse with half as many steps again, paid for by the single-target graphs
         _point(mfc, 24, "quality", "-r4-face", rescore_every=4, support="face", baseline="m+f+c-n16-r4"),
+        # the default started from each user's cloak profile (enrolled with the default's own loop):
+        # the mask as it is, and 2 steps of refinement
+        *(_point(mfc, 16, "profile", f"-r4-profile-n{n}", rescore_every=4, baseline="m+f+c-n16-r4",
+                 profile={"profile_steps": n}) for n in (0, 2)),
     ]
 
 
@@ -233,6 +241,8 @@ def point_figures(results: dict, points: Sequence[BudgetPoint]) -> list[dict[str
             "unseen_rank1_ut_jpeg75": unseen("jpeg75"),
             "white_box_rank1_t_jpeg75": summary["jpeg75"]["white_box_rank1_t"] if "jpeg75" in summary else None,
             "probes": clean["probes"],
+            # two of a user's protected photos accepted as one person at FAR 1e-3 (mean over evaluators)
+            "linkable": _mean(r["linkable"] for (t, _), r in rows.items() if t == "none" and r.get("linkable") is not None),
         })
     for row in out:  # paired over the same probes: what the variant changes against its baseline
         base = per_point.get(row["baseline"] or "")
@@ -285,7 +295,7 @@ def choose_presets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         >>> {k: v["name"] for k, v in choose_presets(rows).items()}
         {'fast': 'a', 'balanced': 'c', 'max': 'd'}
     """
-    front = pareto_front([r for r in rows if eligible(r) and r.get("axis") != "quality"])
+    front = pareto_front([r for r in rows if eligible(r) and r.get("axis") not in ("quality", "profile")])
     if not front:
         raise ValueError("no measured point keeps white-box protection and the self-check; nothing to choose")
     fast, top = front[0], front[-1]

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecloak.evaluation.harness import CROSS_FAMILY, EvalSettings, run_evaluation
-from edgecloak.evaluation.methods import CloakerMethod
+from edgecloak.evaluation.harness import CROSS_FAMILY, EvalSettings, profile_method, run_evaluation
+from edgecloak.evaluation.methods import ProtectionMethod
 from edgecloak.evaluation.protocol import DEFAULT_EVALUATORS
 from edgecloak.presets import forget_presets, installed_path
 from edgecloak.runtime.atomic import write_json_atomic
@@ -36,14 +36,15 @@ from .budget import (
 from .budget_report import write_budget_report
 
 
-def point_method(point: BudgetPoint, backend: str = "auto", seed: int = 0) -> CloakerMethod:
-    """A sweep point as an evaluation method (``CloakerMethod`` through the SDK)."""
-    return CloakerMethod(point.name, point.surrogates, {**point.settings, "seed": seed}, backend,
-                         family="calibration", retries=point.retries, num_targets=point.num_targets)
+def point_method(point: BudgetPoint, backend: str = "auto", seed: int = 0) -> ProtectionMethod:
+    """A sweep point as an evaluation method (``CloakerMethod`` through the SDK; ``ProfileMethod``
+    for a profile-started point)."""
+    return profile_method(point.name, point.surrogates, {**point.settings, "seed": seed}, backend, point.profile,
+                          family="calibration", retries=point.retries, num_targets=point.num_targets)
 
 
 def sweep_methods(points: Sequence[BudgetPoint], backend: str = "auto", seed: int = 0,
-                  evaluators: Sequence[str] = DEFAULT_EVALUATORS) -> list[CloakerMethod]:
+                  evaluators: Sequence[str] = DEFAULT_EVALUATORS) -> list[ProtectionMethod]:
     """The evaluation methods of a sweep: per point, the point itself (``point_method``) and its
     leave-one-family-out runs that are not the point (``held_out_runs``: ``<point>-without-<F>``,
     the point's settings, seed, retries and K on its surrogates outside F, marked
@@ -62,9 +63,9 @@ def sweep_methods(points: Sequence[BudgetPoint], backend: str = "auto", seed: in
         methods.append(point_method(point, backend, seed))
         for family, (name, surrogates) in held_out_runs(point, evaluators).items():
             if name != point.name:
-                methods.append(CloakerMethod(name, surrogates, {**point.settings, "seed": seed}, backend,
-                                             family=CROSS_FAMILY, retries=point.retries,
-                                             num_targets=point.num_targets, held_out_family=family))
+                methods.append(profile_method(name, surrogates, {**point.settings, "seed": seed}, backend,
+                                              point.profile, family=CROSS_FAMILY, retries=point.retries,
+                                              num_targets=point.num_targets, held_out_family=family))
     return methods
 
 

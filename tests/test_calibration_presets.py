@@ -65,6 +65,9 @@ def test_a_quality_variant_replaces_a_chosen_point_only_without_a_measurable_pro
     assert choose_presets(base + [slow])["balanced"]["name"] == "c"  # over 20% slower: kept
     cheap = variant(seconds=0.5, **{OBJECTIVE: 0.9})  # would dominate everything, but is not on the front
     assert choose_presets(base + [cheap])["fast"]["name"] == "a"
+    # a profile-started point (it needs an enrolment) is measured beside the presets, never one of them
+    profiled = {**_row("c-profile", 0.2, 0.9, psnr_face=27.0), "axis": "profile", "baseline": "c"}
+    assert "c-profile" not in {v["name"] for v in choose_presets(base + [profiled]).values()}
 
 
 def test_a_sweep_of_named_points_keeps_the_grid_order_and_refuses_unknown_names():
@@ -187,7 +190,8 @@ def test_the_sweep_runs_each_points_families_left_out(monkeypatch, tmp_path):
 def test_every_sweep_axis_is_measured_and_every_variant_has_its_baseline():
     points = sweep_points()
     axes = {p.axis for p in points}
-    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble", "transfer", "quality"} <= axes
+    assert {"steps", "targets", "diversity", "mmd", "rescore", "progressive", "ensemble", "transfer", "quality",
+            "profile"} <= axes
     names = [p.name for p in points]
     assert len(names) == len(set(names))  # names key the cached photos
     by_name = {p.name: p for p in points}

@@ -16,6 +16,7 @@ from edgecloak.evaluation.metrics import (
     far_resolved,
     far_tag,
     impostor_scores,
+    linkability,
     psr_dodging,
     psr_keys,
     psr_targeted,
@@ -256,3 +257,10 @@ def test_change_off_the_face_is_the_share_of_the_total_absolute_change():
 
 def test_dssim_is_half_the_ssim_gap():
     assert dssim(1.0) == 0.0 and dssim(0.0) == 0.5 and dssim(-1.0) == 1.0 and dssim(None) is None
+
+
+def test_linkability_counts_each_same_user_pair_once_and_only_above_the_threshold():
+    a, b, c = unit_at([0.0, 30.0, 90.0])  # cos(a, b) 0.87, cos(a, c) 0, cos(b, c) 0.5
+    assert linkability({"u": [a, b, c]}, 0.5) == (1 / 3, 3)  # 0.5 is not above 0.5: rejected
+    assert linkability({"u": [a, b], "v": [c, c]}, 0.9) == (0.5, 2)  # users are never paired across
+    assert linkability({"u": [a], "v": [b]}, 0.0) == (None, 0)  # one photo each: nothing to link
