@@ -51,13 +51,15 @@ PROFILE_FORMAT = 1
 # the canonical face frame of a profile's mask: the 112-px ArcFace template at 224 px, zoomed out
 # 1.2x so that it covers the region the loop changes (every surrogate's crop + a 15% margin)
 CANONICAL = CropGeometry(224, 1.2)
-# A face is the owner's when, for EVERY surrogate, its cosine to the owner's template reaches that
-# surrogate's threshold at a false-accept rate of 1e-3, measured on the evaluation's real impostor
-# pairs (10 users + 609 one-photo distractors; ``edgecloak eval``'s ``thresholds_at_far_strict``).
-# A false match only costs a less fitting start (the refinement and the self-check still run); a
-# miss costs the normal loop's time.
-OWNER_THRESHOLDS = {"mobileface": 0.465, "faceres": 0.657, "facenet-casia": 0.810, "faceres-deep": 0.767,
-                    "facenet-keras": 0.529}
+# A face is the owner's when its cosine to the owner's template, less each surrogate's threshold at
+# a false-accept rate of 1e-2, is >= 0 on average over the surrogates. The thresholds were measured
+# on the evaluation's real impostor pairs (10 users + 609 one-photo distractors; ``edgecloak eval``'s
+# ``thresholds_at_far``). The looser FAR (not 1e-3) is deliberate: a false match only costs a less
+# fitting start (the refinement, the self-check and its full-length retries still run), while a
+# miss sends the owner's face through the normal loop. Measured genuine acceptance: README "Cloak
+# profiles".
+OWNER_THRESHOLDS = {"mobileface": 0.370, "faceres": 0.597, "facenet-casia": 0.710, "faceres-deep": 0.714,
+                    "facenet-keras": 0.422}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -147,9 +149,9 @@ class CloakProfile:
         return out
 
     def is_owner(self, user: Mapping[str, np.ndarray]) -> bool:
-        """Does this face match the owner for every surrogate (``OWNER_THRESHOLDS``)?"""
+        """Is this face the owner's: its mean margin over the surrogates' ``OWNER_THRESHOLDS`` >= 0?"""
         sims = self.owner_similarity(user)
-        return all(sims[sid] >= OWNER_THRESHOLDS.get(sid, 1.0) for sid in sims)
+        return float(np.mean([sims[sid] - OWNER_THRESHOLDS.get(sid, 1.0) for sid in sims])) >= 0.0
 
     def region_start(self, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """The mask on a face: its region's delta [h, w, 3] float32, within +-floor(eps)."""

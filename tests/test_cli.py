@@ -157,7 +157,7 @@ def test_protect_has_no_reference_backend(tmp_path):
 def test_bench_prints_json_and_a_table(tmp_path):
     report_path = tmp_path / "bench.json"
     done = run_cli("bench", "--ensemble", "mobileface", "--steps", "2", "--backend", "onnxruntime",
-                   "--json", str(report_path))
+                   "--presets", "none", "--json", str(report_path))
     assert done.returncode == 0, done.stderr
     report = json.loads(report_path.read_text())
     rows = {r["engine"]: r for r in report["rows"]}
@@ -179,6 +179,21 @@ def test_bench_prints_json_and_a_table(tmp_path):
     assert runtime["differing_pixels_vs_reference"] <= 0.005
     assert rows["reference-paper"]["speedup_vs_paper"] == 1.0
     assert "x paper" in done.stdout and "runtime/onnxruntime" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_times_each_change_to_the_loop_against_todays_loop():
+    """The preset rows: today's loop first (ratio 1), then each change on the same photo; the profile
+    rows start from the enrolled mask and run their N steps (no retries in the bench)."""
+    from edgecloak.bench import LOOP_CHANGES, format_table, preset_rows
+
+    rows = preset_rows(["edge"], repeats=1)
+    assert [r["engine"] for r in rows] == [f"preset edge: {label}" for label, _, _ in LOOP_CHANGES]
+    assert rows[0]["speedup_vs_today"] == 1.0 and all(r["per_face_s"] > 0 for r in rows)
+    for row, (_, _, profile_steps) in zip(rows, LOOP_CHANGES):
+        assert row["profile_started"] == (profile_steps is not None)
+        assert row["steps"] == (16 if profile_steps is None else profile_steps)
+    assert "x today" in format_table({"rows": rows})
 
 
 @pytest.mark.slow
