@@ -26,7 +26,7 @@ import numpy as np
 
 from edgecloak.errors import UsageError
 from edgecloak.runtime.image_io import load_image
-from edgecloak.runtime.profile import CANONICAL, CloakProfile, check_name, from_canonical, to_canonical
+from edgecloak.runtime.profile import CANONICAL, CloakProfile, check_name, from_canonical, owner_template, to_canonical
 from edgecloak.runtime.targets import TargetBank
 from edgecloak.runtime.tipim import RuntimeTIPIM
 
@@ -71,11 +71,7 @@ def enroll(
         x0, y0, x1, y1 = region.box
         pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
         faces.append((pixels, region, protector.embed_face(image, region)))
-    # the owner's template: per surrogate, the normalised mean of the faces' unit embeddings
-    template = {}
-    for sid in protector.surrogate_ids:
-        mean = np.mean([user[sid][0] for _, _, user in faces], axis=0)
-        template[sid] = (mean / np.linalg.norm(mean))[None].astype(np.float32)
+    template = owner_template([user for _, _, user in faces])
     bank = (targets if targets is not None else cloaker.targets).excluding_lookalikes(template)
     if bank.size == 0:
         raise UsageError("every target identity looks like the user; enrol with other --target photos")

@@ -35,7 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -116,6 +116,21 @@ def from_canonical(mask: np.ndarray, landmarks: np.ndarray, box: tuple[int, int,
     return cv2.warpAffine(np.ascontiguousarray(mask, np.float32), _region_matrix(landmarks, box), (x1 - x0, y1 - y0),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=0)
+
+
+def owner_template(faces: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The owner's template from their faces' unit embeddings ({surrogate: [1, D]} each): per
+    surrogate, the normalised mean, [1, D] float32.
+
+    Example:
+        >>> [round(float(v), 3) for v in owner_template([{"m": np.array([[1.0, 0.0]])}, {"m": np.array([[0.0, 1.0]])}])["m"][0]]
+        [0.707, 0.707]
+    """
+    out = {}
+    for sid in faces[0]:
+        mean = np.mean([np.asarray(f[sid], np.float64).reshape(-1) for f in faces], axis=0)
+        out[sid] = (mean / max(np.linalg.norm(mean), 1e-12))[None].astype(np.float32)
+    return out
 
 
 @dataclass

@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -237,14 +237,23 @@ class ProfileMethod(CloakerMethod):
         return {**super().settings(), "profile_steps": self.profile_steps, "passes": self.passes,
                 "enrol_steps": self.enrol_steps}
 
+    # enrolments made in this process, by everything they depend on: methods that differ only in
+    # ``profile_steps`` (the 0- and 2-step rows of a sweep) share one enrolment per user
+    _enrolled: ClassVar[dict[str, tuple[CloakProfile, float]]] = {}
+
     def prepare(self, target_photos):
         super().prepare(target_photos)
         for user, photos in target_photos.items():
-            t0 = time.perf_counter()
-            images = [load_face_photo(p) for p in photos]
-            self.profiles[user] = enroll(self.cloaker, images, f"user-{len(self.profiles)}", passes=self.passes,
-                                         steps=self.enrol_steps, targets=self.banks[user])
-            self.enrol_seconds[user] = time.perf_counter() - t0
+            key = json.dumps([self.surrogates, self.config, self.backend, self.num_targets, self.passes,
+                              self.enrol_steps, user, [str(p) for p in photos], self.banks[user].identities],
+                             sort_keys=True, default=str)
+            if key not in ProfileMethod._enrolled:
+                t0 = time.perf_counter()
+                images = [load_face_photo(p) for p in photos]
+                profile = enroll(self.cloaker, images, f"user-{len(self.profiles)}", passes=self.passes,
+                                 steps=self.enrol_steps, targets=self.banks[user])
+                ProfileMethod._enrolled[key] = (profile, time.perf_counter() - t0)
+            self.profiles[user], self.enrol_seconds[user] = ProfileMethod._enrolled[key]
 
     def protect(self, image, face_box, identity, seed):
         self.cloaker.use_profile(self.profiles[identity], self.profile_steps)
