@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     users, distractors = evaluation_photos(distractors=True)
     split = split_photos(users, 4, 3)
-    report = {"users": len(users), "probes_per_user": 4, "distractors": len(distractors), "rows": []}
+    report = {"users": len(users), "probes_per_user": 4, "distractors": sum(len(ps) for ps in distractors.values()), "rows": []}
     for preset in args.presets.split(","):
         cloaker = Cloaker.load(preset=preset)
         protector = cloaker.protector
@@ -47,17 +47,20 @@ def main(argv: list[str] | None = None) -> int:
             return protector.embed_face(image, protector.detector.largest_face(image, str(path)).landmarks)
 
         probes = {u: [embed(p) for p in split.probes[u]] for u in tqdm(sorted(users), desc=f"{preset}: probes")}
-        others = [embed(p) for p in tqdm(distractors, desc=f"{preset}: distractors")]
-        genuine, impostor = [], []
+        others = [embed(p) for p in tqdm([p for ps in distractors.values() for p in ps], desc=f"{preset}: distractors")]
+        genuine, impostor, per_user = [], [], {}
         for user, photos in enrolment_photos(split).items():
             profile = CloakProfile(user, tuple(protector.surrogate_ids), 12.0, np.zeros((1, 1, 3), np.int8), "",
                                    owner_template([embed(p) for p in photos]))
-            genuine += [profile.is_owner(e) for e in probes[user]]
+            mine = [profile.is_owner(e) for e in probes[user]]
+            genuine += mine
+            per_user[user] = float(np.mean(mine))
             impostor += [profile.is_owner(e) for u, es in probes.items() if u != user for e in es]
             impostor += [profile.is_owner(e) for e in others]
         report["rows"].append({"preset": preset, "surrogates": list(protector.surrogate_ids),
                                "owner_recognised": float(np.mean(genuine)), "genuine_n": len(genuine),
-                               "false_match": float(np.mean(impostor)), "impostor_n": len(impostor)})
+                               "false_match": float(np.mean(impostor)), "impostor_n": len(impostor),
+                               "owner_recognised_per_user": per_user})
     print(json.dumps(report, indent=1))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
