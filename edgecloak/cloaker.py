@@ -28,7 +28,7 @@ import numpy as np
 
 from edgecloak.errors import NoFaceError, OutputError, ProtectionFailedError, UsageError
 from edgecloak.policy import ON_FAIL_POLICIES, SafetyPolicy  # noqa: F401  (part of the SDK's surface)
-from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, enroll
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, PROFILE_MASKS, enroll
 from edgecloak.recipe import Recipe, bundle_for, resolve
 from edgecloak.runtime.atomic import write_bytes_atomic
 from edgecloak.runtime.detect.mtcnn import DetectedFace
@@ -196,10 +196,10 @@ class Cloaker:
 
     def use_profile(self, profile: CloakProfile | str | os.PathLike[str] | None,
                     steps: int = DEFAULT_PROFILE_STEPS) -> None:
-        """Start the profile owner's faces from their enrolled mask (by name, folder or object; None:
-        stop), with ``steps`` iterations of refinement (0: the mask as it is). Other faces, and an
-        owner's face whose profile target is not among this photo's targets, get the normal loop;
-        the self-check, retries and fail-closed rules hold either way.
+        """Start the profile owner's faces from one of their enrolled masks, drawn per photo (by name,
+        folder or object; None: stop), with ``steps`` iterations of refinement (0: the mask as it is).
+        Other faces, and an owner's face for which no mask's target is among this photo's targets,
+        get the normal loop; the self-check, retries and fail-closed rules hold either way.
 
         Example:
             >>> cloaker.use_profile("me", steps=2)          # doctest: +SKIP
@@ -216,7 +216,7 @@ class Cloaker:
         self.profile, self.profile_steps = profile, int(steps)
 
     def enroll(self, photos: Sequence[str | os.PathLike[str] | np.ndarray], name: str, save: bool = True,
-               passes: int = ENROL_PASSES, steps: int | None = None,
+               passes: int = ENROL_PASSES, steps: int | None = None, masks: int = PROFILE_MASKS,
                progress: Callable[[int, int], None] | None = None) -> CloakProfile:
         """Enrol a user from several photos of them (``edgecloak.enrolment.enroll``) and, with ``save``,
         keep the profile under ``$EDGECLOAK_HOME/profiles/<name>`` (owner-only; an existing profile of
@@ -226,7 +226,7 @@ class Cloaker:
             >>> profile = cloaker.enroll(["me1.jpg", "me2.jpg", "me3.jpg"], "me")   # doctest: +SKIP
         """
         with self._lock:
-            profile = enroll(self, photos, name, passes=passes, steps=steps, progress=progress)
+            profile = enroll(self, photos, name, passes=passes, steps=steps, masks_count=masks, progress=progress)
         if save:
             save_profile(profile)
         return profile
@@ -418,13 +418,17 @@ class Cloaker:
         if previous_target is not None and previous_target in targets.identities:
             targets = targets.select([targets.identities.index(previous_target)])  # same target: no flicker
             steps, plan.warm_started = warm.steps, True
-        elif self.profile is not None and self.profile.target in targets.identities and self.profile.is_owner(plan.user):
-            # the owner's face: start from their enrolled mask, towards its target, and refine briefly
+        elif self.profile is not None and self.profile.is_owner(plan.user):
+            # the owner's face: start from one of their enrolled masks (drawn from the face's own
+            # pixels, so photos differ), towards its target, and refine briefly
             x0, y0, x1, y1 = plan.region.box
-            start = image[y0:y1, x0:x1].astype(np.float32) + self.profile.region_start(plan.face.landmarks, plan.region.box)
-            current[y0:y1, x0:x1] = np.clip(np.round(start), 0, 255).astype(np.uint8)
-            targets = targets.select([targets.identities.index(self.profile.target)])
-            steps, plan.profile_started = self.profile_steps, True
+            pick = self.profile.pick(targets.identities, self.config.seed, image[y0:y1, x0:x1].tobytes())
+            if pick is not None:
+                start = image[y0:y1, x0:x1].astype(np.float32) + self.profile.region_start(pick, plan.face.landmarks,
+                                                                                           plan.region.box)
+                current[y0:y1, x0:x1] = np.clip(np.round(start), 0, 255).astype(np.uint8)
+                targets = targets.select([targets.identities.index(self.profile.targets[pick])])
+                steps, plan.profile_started = self.profile_steps, True
         self._run(plan, image, current, targets, steps, on_step)
 
     def _run(self, plan: "_FacePlan", image, current, targets: TargetBank, steps: int, on_step) -> None:

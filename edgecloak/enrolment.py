@@ -1,18 +1,19 @@
 """Enrolment: a user's cloak profile from a few photos of them (``runtime.profile`` stores it).
 
-The universal identity mask is made by the product's one TIP-IM loop, run over the enrolment
+Each universal identity mask is made by the product's one TIP-IM loop, run over the enrolment
 photos in turn: each photo's loop starts from the mask the photos before it left (moved onto its
 face through the canonical frame), and its result, moved back, becomes the mask. ``passes`` rounds
 over all photos make it fit every one of them: the usual way a universal perturbation is built,
 with the loop's own input diversity (alignment jitter, a new seed per photo and pass) as
-augmentation. The target is the one the loop picks for the first photo among the cloaker's targets
-that do not look like the user; every later photo is pushed towards the same one.
+augmentation. A mask's target is the one the loop picks for the first photo among the cloaker's
+targets that do not look like the user and no earlier mask chases; every later photo is pushed
+towards the same one. ``PROFILE_MASKS`` masks are made this way, one per target.
 
 Example:
     >>> cloaker = Cloaker.load(preset="balanced")                               # doctest: +SKIP
     >>> profile = enroll(cloaker, ["me1.jpg", "me2.jpg", "me3.jpg"], "me")      # doctest: +SKIP
-    >>> profile.target, profile.photos                                          # doctest: +SKIP
-    ('tom_hanks', 3)
+    >>> profile.targets, profile.photos                                         # doctest: +SKIP
+    (('tom_hanks', 'ann_smith', 'bob_lee'), 3)
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from edgecloak.cloaker import Cloaker
 
 ENROL_PASSES = 2  # rounds over the enrolment photos
+# masks per profile, each towards its own target; a photo starts from one drawn at random, so that
+# the user's cloaked photos do not all carry one pattern (linkability: README "Cloak profiles")
+PROFILE_MASKS = 3
 # refinement steps of a profile-started face (``Cloaker.use_profile``); see README "Cloak profiles"
 DEFAULT_PROFILE_STEPS = 2
 MIN_PHOTOS = 2
@@ -45,13 +49,15 @@ def enroll(
     name: str,
     passes: int = ENROL_PASSES,
     steps: int | None = None,
+    masks_count: int = PROFILE_MASKS,
     targets: TargetBank | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CloakProfile:
     """A cloak profile for the user in ``photos`` (the largest face of each), not yet saved.
 
     ``steps``: iterations per photo and pass (default: the cloaker's preset N); ``targets``: the
-    identities to choose from (default: the cloaker's). ``progress(done, total)`` after each loop.
+    identities to choose from (default: the cloaker's); ``masks_count``: how many masks, each towards
+    another target (fewer when fewer targets are left). ``progress(done, total)`` after each loop.
 
     Raises ``UsageError`` for fewer than two photos or a bad name, ``NoFaceError`` for a photo
     without a face.
@@ -61,6 +67,8 @@ def enroll(
         raise UsageError(f"enrolment needs at least {MIN_PHOTOS} photos of the user, got {len(photos)}")
     if passes < 1:
         raise UsageError(f"passes must be >= 1, got {passes}")
+    if masks_count < 1:
+        raise UsageError(f"masks must be >= 1, got {masks_count}")
     protector = cloaker.protector
     faces = []
     for photo in photos:
@@ -76,30 +84,37 @@ def enroll(
     if bank.size == 0:
         raise UsageError("every target identity looks like the user; enrol with other --target photos")
     config = cloaker.config if steps is None else replace(cloaker.config, steps=steps)
-    mask = np.zeros((CANONICAL.size, CANONICAL.size, 3), np.float32)
     eps = float(np.floor(config.eps))
-    target: str | None = None
-    total, done = passes * len(faces), 0
-    for round_index in range(passes):
-        for i, (pixels, region, _) in enumerate(faces):
-            chased = bank if target is None else bank.select([bank.identities.index(target)])
-            start = pixels + np.clip(from_canonical(mask, region.landmarks, region.box), -eps, eps) \
-                .transpose(2, 0, 1)[None]
-            loop = RuntimeTIPIM(protector.engines, replace(config, seed=config.seed + done))
-            result = loop.run(pixels, region, chased.select(range(min(chased.size, loop.max_targets))),
-                              start=np.clip(start, 0, 255))
-            if target is None:
-                target = chased.identities[result.target_index]
-            delta = (result.region - pixels)[0].transpose(1, 2, 0)
-            moved = to_canonical(delta, region.landmarks, region.box)
-            covered = to_canonical(np.ones_like(delta), region.landmarks, region.box) > 0.999
-            mask[covered] = moved[covered]  # where this face reaches, its mask is the new one
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    masks, chosen = [], []
+    total, done = masks_count * passes * len(faces), 0
+    while len(masks) < masks_count:
+        candidates = bank.select([i for i, t in enumerate(bank.identities) if t not in chosen])
+        if candidates.size == 0:
+            break  # fewer target identities than masks asked for: keep those made
+        mask = np.zeros((CANONICAL.size, CANONICAL.size, 3), np.float32)
+        target: str | None = None
+        for _pass in range(passes):
+            for pixels, region, _user in faces:
+                chased = candidates if target is None else candidates.select([candidates.identities.index(target)])
+                start = pixels + np.clip(from_canonical(mask, region.landmarks, region.box), -eps, eps) \
+                    .transpose(2, 0, 1)[None]
+                loop = RuntimeTIPIM(protector.engines, replace(config, seed=config.seed + done))
+                result = loop.run(pixels, region, chased.select(range(min(chased.size, loop.max_targets))),
+                                  start=np.clip(start, 0, 255))
+                if target is None:
+                    target = chased.identities[result.target_index]
+                delta = (result.region - pixels)[0].transpose(1, 2, 0)
+                moved = to_canonical(delta, region.landmarks, region.box)
+                covered = to_canonical(np.ones_like(delta), region.landmarks, region.box) > 0.999
+                mask[covered] = moved[covered]  # where this face reaches, its mask is the new one
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        masks.append(np.clip(np.round(mask), -eps, eps).astype(np.int8))
+        chosen.append(str(target))
     return CloakProfile(
         name=name, surrogates=tuple(protector.surrogate_ids), eps=float(config.eps),
-        mask=np.clip(np.round(mask), -eps, eps).astype(np.int8), target=str(target), template=template,
-        photos=len(faces), settings={"steps": int(config.steps), "passes": passes,
+        masks=np.stack(masks), targets=tuple(chosen), template=template,
+        photos=len(faces), settings={"steps": int(config.steps), "passes": passes, "masks": len(masks),
                                      "preset": cloaker.recipe.preset if cloaker.recipe is not None else None},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

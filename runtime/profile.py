@@ -1,16 +1,17 @@
-"""Per-user cloak profiles: one identity mask per user, computed once, started from on every photo.
+"""Per-user cloak profiles: a user's identity masks, computed once, started from on every photo.
 
 A device mostly protects its owner. Enrolment (``edgecloak.enrolment``) runs the full TIP-IM loop
 over several photos of the user, each one starting from the mask the previous ones left, and keeps
 the result as a **universal identity mask** in a canonical face frame (``CANONICAL``: the aligned
-face at 224 px, zoomed out to cover the whole region the loop may change). At protect time a face
-that matches the profile's owner starts from that mask, warped onto it by its landmarks, and runs a
-short refinement towards the profile's target (N may be 0); every other face gets the normal loop.
+face at 224 px, zoomed out to cover the whole region the loop may change); it does so for a few
+distinct targets, one mask each. At protect time a face that matches the profile's owner starts
+from one of those masks (drawn per photo), warped onto it by its landmarks, and runs a short
+refinement towards that mask's target (N may be 0); every other face gets the normal loop.
 The budget, the self-check and the fail-closed rules are the same either way.
 
 What a profile holds, and nothing else:
 
-* the mask (int8, |value| <= floor(eps)) and the target identity it was optimised towards;
+* the masks (int8, |value| <= floor(eps)) and the target identity each was optimised towards;
 * the owner's **biometric template**: per surrogate, the mean unit embedding of the enrolment
   faces. It is what recognises the owner's face, so it is personal data: profiles live under
   ``$EDGECLOAK_HOME/profiles/<name>/`` with owner-only permissions (folder 0700, files 0600),
@@ -28,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -135,19 +137,27 @@ def owner_template(faces: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
 
 @dataclass
 class CloakProfile:
-    """One user's enrolled cloak: the canonical mask, its target, and the owner's template.
+    """One user's enrolled cloak: a few canonical masks, each towards its own target, and the owner's
+    template.
+
+    Several masks, not one, so that the user's protected photos do not all carry the same pattern
+    towards the same stand-in: a face starts from one of them, drawn per photo (``pick``). One
+    fixed mask would make the user's cloaked photos easier to link to EACH OTHER than their clean
+    photos are (measured: README "Cloak profiles").
 
     Example:
-        >>> p = CloakProfile("me", ("m",), 12.0, np.zeros((224, 224, 3), np.int8), "tom", {"m": np.ones((1, 4))})
+        >>> p = CloakProfile("me", ("m",), 12.0, np.zeros((2, 224, 224, 3), np.int8), ("tom", "ann"), {"m": np.ones((1, 4))})
         >>> p.owner_similarity({"m": np.ones((1, 4)) / 2})
         {'m': 1.0}
+        >>> p.pick(["ann", "bob"], seed=0, key=b"photo")
+        1
     """
 
     name: str
     surrogates: tuple[str, ...]
     eps: float
-    mask: np.ndarray  # [224, 224, 3] int8, |value| <= floor(eps)
-    target: str  # the target identity the mask moves the owner towards
+    masks: np.ndarray  # [M, 224, 224, 3] int8, |value| <= floor(eps)
+    targets: tuple[str, ...]  # the target identity each mask moves the owner towards (distinct)
     template: dict[str, np.ndarray]  # surrogate -> [1, D] unit mean embedding of the enrolment faces
     photos: int = 0  # how many photos it was enrolled from
     settings: dict = field(default_factory=dict)  # what enrolment ran (preset, steps, passes)
@@ -168,10 +178,20 @@ class CloakProfile:
         sims = self.owner_similarity(user)
         return float(np.mean([sims[sid] - OWNER_THRESHOLDS.get(sid, 1.0) for sid in sims])) >= 0.0
 
-    def region_start(self, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The mask on a face: its region's delta [h, w, 3] float32, within +-floor(eps)."""
+    def pick(self, available: Sequence[str], seed: int, key: bytes) -> int | None:
+        """Which mask a face starts from: one of those whose target is ``available``, drawn from
+        ``seed`` and ``key`` (the face's pixels), so one photo always gets the same mask and
+        different photos independent draws; None when no mask's target is available."""
+        usable = [i for i, t in enumerate(self.targets) if t in available]
+        if not usable:
+            return None
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int.from_bytes(hashlib.sha256(key).digest()[:8], "little")])
+        return usable[int(rng.integers(len(usable)))]
+
+    def region_start(self, index: int, landmarks: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """Mask ``index`` on a face: its region's delta [h, w, 3] float32, within +-floor(eps)."""
         eps = float(np.floor(self.eps))
-        return np.clip(from_canonical(self.mask.astype(np.float32), landmarks, box), -eps, eps)
+        return np.clip(from_canonical(self.masks[index].astype(np.float32), landmarks, box), -eps, eps)
 
 
 def save_profile(profile: CloakProfile, folder: Path | None = None, overwrite: bool = False) -> Path:
@@ -190,13 +210,13 @@ def save_profile(profile: CloakProfile, folder: Path | None = None, overwrite: b
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     buffer = io.BytesIO()
-    arrays = {"mask": profile.mask.astype(np.int8)}
+    arrays = {"masks": profile.masks.astype(np.int8)}
     arrays.update({f"template/{sid}": np.asarray(t, np.float32) for sid, t in profile.template.items()})
     np.savez(buffer, **arrays)
     write_bytes_atomic(folder / "profile.npz", buffer.getvalue(), mode=0o600)
     profile.sha256 = sha256_file(folder / "profile.npz")
     meta = {"format": PROFILE_FORMAT, "name": profile.name, "surrogates": list(profile.surrogates),
-            "eps": profile.eps, "target": profile.target, "photos": profile.photos, "settings": profile.settings,
+            "eps": profile.eps, "targets": list(profile.targets), "photos": profile.photos, "settings": profile.settings,
             "created": profile.created, "canonical": {"size": CANONICAL.size, "scale": CANONICAL.scale},
             "sha256": {"profile.npz": profile.sha256}}
     write_bytes_atomic(folder / "profile.json", json.dumps(meta, indent=1).encode(), mode=0o600)
@@ -209,8 +229,8 @@ def load_profile(name_or_folder: str | os.PathLike[str]) -> CloakProfile:
     Raises ``ModelError`` (one line) when it is missing, of another format, or its bytes changed.
 
     Example:
-        >>> load_profile("me").target          # doctest: +SKIP
-        'tom_hanks'
+        >>> load_profile("me").targets         # doctest: +SKIP
+        ('tom_hanks', 'ann_smith', 'bob_lee')
     """
     text = str(name_or_folder)
     folder = Path(text) if os.sep in text or Path(text).is_dir() else profiles_dir() / check_name(text)
@@ -228,13 +248,14 @@ def load_profile(name_or_folder: str | os.PathLike[str]) -> CloakProfile:
         raise ModelError(f"{folder}/profile.npz: does not match the sha256 its profile.json records (changed or "
                          "damaged); remove the profile and enrol again")
     with np.load(folder / "profile.npz", allow_pickle=False) as data:
-        mask = data["mask"]
+        masks = data["masks"]
         template = {key.split("/", 1)[1]: data[key] for key in data.files if key.startswith("template/")}
-    surrogates = tuple(meta["surrogates"])
-    if mask.shape != (CANONICAL.size, CANONICAL.size, 3) or set(template) != set(surrogates):
-        raise ModelError(f"{folder}: the profile's mask or template does not fit its own record; enrol again")
-    return CloakProfile(name=meta["name"], surrogates=surrogates, eps=float(meta["eps"]), mask=mask,
-                        target=meta["target"], template=template, photos=int(meta.get("photos", 0)),
+    surrogates, targets = tuple(meta["surrogates"]), tuple(meta.get("targets") or ())
+    if (masks.ndim != 4 or masks.shape[1:] != (CANONICAL.size, CANONICAL.size, 3) or masks.shape[0] != len(targets)
+            or not targets or set(template) != set(surrogates)):
+        raise ModelError(f"{folder}: the profile's masks or template do not fit its own record; enrol again")
+    return CloakProfile(name=meta["name"], surrogates=surrogates, eps=float(meta["eps"]), masks=masks,
+                        targets=targets, template=template, photos=int(meta.get("photos", 0)),
                         settings=meta.get("settings", {}), created=meta.get("created", ""), sha256=want)
 
 
@@ -247,7 +268,7 @@ def list_profiles() -> list[dict]:
             continue
         try:
             p = load_profile(folder)
-            out.append({"name": p.name, "surrogates": list(p.surrogates), "target": p.target, "photos": p.photos,
+            out.append({"name": p.name, "surrogates": list(p.surrogates), "targets": list(p.targets), "photos": p.photos,
                         "eps": p.eps, "created": p.created, "path": str(folder)})
         except ModelError as exc:
             out.append({"name": folder.name, "error": str(exc), "path": str(folder)})
@@ -255,7 +276,7 @@ def list_profiles() -> list[dict]:
 
 
 def remove_profile(name: str) -> Path:
-    """Delete a saved profile (mask and template) for good; ``UsageError`` when there is none."""
+    """Delete a saved profile (masks and template) for good; ``UsageError`` when there is none."""
     folder = profiles_dir() / check_name(name)
     if not (folder / "profile.json").exists() and not (folder / "profile.npz").exists():
         raise UsageError(f"no cloak profile named {name!r} in {profiles_dir()}")

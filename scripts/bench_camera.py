@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         row["x_cold"] = round(rows[0]["s_per_frame"] / row["s_per_frame"], 2)
     report = {"preset": args.preset, "backend": cloaker.backend, "clip": f"{len(frames)} frames 640x480, {user}",
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-              "profile_target": profile.target, "rows": rows}
+              "profile_targets": list(profile.targets), "rows": rows}
     text = json.dumps(report, indent=1)
     print(text)
     if args.json is not None:

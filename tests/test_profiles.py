@@ -61,11 +61,16 @@ def test_canonical_warps_are_inverse_where_the_region_reaches():
     np.testing.assert_allclose(back, mask, atol=1e-4)
 
 
-def test_enrolment_makes_a_mask_within_eps_towards_one_target(profile, cloaker):
+def test_enrolment_makes_masks_within_eps_each_towards_its_own_target(profile, cloaker):
+    from edgecloak.enrolment import PROFILE_MASKS
+
     assert profile.photos == 3 and profile.surrogates == ("mobileface",)
-    assert profile.target in cloaker.targets.identities
-    assert profile.mask.dtype == np.int8 and profile.mask.shape == (CANONICAL.size, CANONICAL.size, 3)
-    assert 0 < np.abs(profile.mask).max() <= np.floor(cloaker.config.eps)
+    assert len(profile.targets) == PROFILE_MASKS == len(set(profile.targets))
+    assert set(profile.targets) <= set(cloaker.targets.identities)
+    assert profile.masks.dtype == np.int8 and profile.masks.shape == (PROFILE_MASKS, CANONICAL.size, CANONICAL.size, 3)
+    for mask in profile.masks:
+        assert 0 < np.abs(mask).max() <= np.floor(cloaker.config.eps)
+    assert not np.array_equal(profile.masks[0], profile.masks[1])
     template = profile.template["mobileface"]
     assert template.shape == (1, 256) and abs(float(np.linalg.norm(template)) - 1.0) < 1e-5
 
@@ -77,7 +82,7 @@ def test_profile_round_trip_is_private_listed_and_removed_for_good(profile, home
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {
         "profile.npz": 0o600, "profile.json": 0o600}
     again = load_profile("owner")
-    assert np.array_equal(again.mask, profile.mask) and again.target == profile.target
+    assert np.array_equal(again.masks, profile.masks) and again.targets == profile.targets
     assert np.array_equal(again.template["mobileface"], profile.template["mobileface"])
     assert [row["name"] for row in list_profiles()] == ["owner"]
     with pytest.raises(UsageError, match="exists"):
@@ -116,7 +121,7 @@ def test_the_owner_starts_from_the_profile_and_others_do_not(cloaker, profile, p
     try:
         result = cloaker.protect(owner[0])
         face = max(result.faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        assert face.profile_started and face.target == profile.target
+        assert face.profile_started and face.target in profile.targets
         # the self-check and its retries still hold the face to the same bar
         assert face.action == "cloaked" and face.steps >= steps
         assert 0 < result.mask_max_abs_change <= np.floor(cloaker.config.eps)
@@ -125,6 +130,18 @@ def test_the_owner_starts_from_the_profile_and_others_do_not(cloaker, profile, p
         assert all(f.steps >= cloaker.config.steps for f in stranger.faces if f.action == "cloaked")
     finally:
         cloaker.use_profile(None)
+
+
+def test_each_photo_draws_its_mask_and_the_same_photo_the_same_one(profile):
+    keys = [i.to_bytes(2, "little") for i in range(300)]
+    picks = [profile.pick(profile.targets, 0, key) for key in keys]
+    assert picks == [profile.pick(profile.targets, 0, key) for key in keys]  # reproducible per photo
+    counts = np.bincount(picks, minlength=len(profile.targets))
+    assert counts.min() >= 60, counts  # ~100 each: every mask is drawn, none dominates
+    assert picks != [profile.pick(profile.targets, 1, key) for key in keys]  # the seed matters
+    only = profile.targets[1]
+    assert {profile.pick([only, "someone-else"], 0, key) for key in keys} == {1}  # only masks whose target is here
+    assert profile.pick(["someone-else"], 0, keys[0]) is None
 
 
 def test_batch_workers_run_the_profile_the_driver_read(profile, home):
@@ -189,9 +206,11 @@ def test_cli_enrol_list_remove(people, tmp_path):
         paths.append(tmp_path / f"me{i}.png")
         save_image_atomic(paths[-1], image)
     try:
-        done = run_cli("enroll", *map(str, paths), "--name", name, "--preset", "edge", "--passes", "1", "--steps", "2")
+        done = run_cli("enroll", *map(str, paths), "--name", name, "--preset", "edge", "--passes", "1", "--steps", "2",
+                       "--masks", "2")
         assert done.returncode == 0, done.stderr
-        assert f"profile {name}: 3 photos" in done.stdout
+        assert f"profile {name}: 3 photos, targets " in done.stdout
+        assert len(load_profile(name).targets) == 2
         listed = run_cli("profiles", "list", "--json")
         assert listed.returncode == 0 and name in [row["name"] for row in json.loads(listed.stdout)]
         gone = run_cli("profiles", "remove", "nobody-here")

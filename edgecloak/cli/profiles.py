@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgecloak.cloaker import Cloaker
-from edgecloak.enrolment import ENROL_PASSES
+from edgecloak.enrolment import ENROL_PASSES, PROFILE_MASKS
 from edgecloak.runtime.backends import BACKENDS
 from edgecloak.runtime.profile import list_profiles, profiles_dir, remove_profile
 
@@ -32,16 +32,19 @@ class EnrollCommand:
         p.add_argument("--passes", type=int, default=ENROL_PASSES, help=f"rounds over the photos (default {ENROL_PASSES})")
         p.add_argument("--steps", dest="enrol_steps", type=int, default=None,
                        help="iterations per photo and round (default: the preset's)")
+        p.add_argument("--masks", type=int, default=PROFILE_MASKS,
+                       help=f"masks, each towards its own target; a photo starts from one drawn at random, so the "
+                            f"user's photos do not all carry one pattern (default {PROFILE_MASKS})")
         p.set_defaults(handler=EnrollCommand.run)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         cloaker = Cloaker.from_recipe(recipe_from(args, policy=False), args.backend)
         print(f"backend: {cloaker.backend}")
-        with tqdm(total=args.passes * len(args.photos), desc=f"enrolling {args.name}", unit="loop") as bar:
+        with tqdm(total=args.masks * args.passes * len(args.photos), desc=f"enrolling {args.name}", unit="loop") as bar:
             profile = cloaker.enroll(args.photos, args.name, passes=args.passes, steps=args.enrol_steps,
-                                     progress=lambda done, _total: bar.update(done - bar.n))
-        print(f"profile {profile.name}: {profile.photos} photos, target {profile.target}, saved in "
+                                     masks=args.masks, progress=lambda done, total: bar.update(done - bar.n))
+        print(f"profile {profile.name}: {profile.photos} photos, targets {', '.join(profile.targets)}, saved in "
               f"{profiles_dir() / profile.name} (owner-only; remove with `edgecloak profiles remove {profile.name}`)")
         return 0
 
@@ -73,7 +76,7 @@ class ProfilesCommand:
                 print(f"{row['name']:<16} unreadable: {row['error']}")
             else:
                 print(f"{row['name']:<16} {row['photos']} photos, {'+'.join(row['surrogates'])}, eps {row['eps']:g}, "
-                      f"target {row['target']}, {row['created']}")
+                      f"targets {', '.join(row['targets'])}, {row['created']}")
         return 0
 
     @staticmethod

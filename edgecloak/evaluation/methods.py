@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from edgecloak.cloaker import Cloaker
-from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, enroll
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, PROFILE_MASKS, enroll
 from edgecloak.policy import SafetyPolicy
 from edgecloak.recipe import Recipe, resolve
 from edgecloak.runtime.config import TIPIMConfig
@@ -227,6 +227,7 @@ class ProfileMethod(CloakerMethod):
     profile_steps: int = DEFAULT_PROFILE_STEPS
     passes: int = ENROL_PASSES
     enrol_steps: int | None = None  # iterations per enrolment photo and pass (None: the recipe's N)
+    masks: int = PROFILE_MASKS  # masks per profile, one drawn per photo
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -235,7 +236,7 @@ class ProfileMethod(CloakerMethod):
 
     def settings(self):
         return {**super().settings(), "profile_steps": self.profile_steps, "passes": self.passes,
-                "enrol_steps": self.enrol_steps}
+                "enrol_steps": self.enrol_steps, "masks": self.masks}
 
     # enrolments made in this process, by everything they depend on: methods that differ only in
     # ``profile_steps`` (the 0- and 2-step rows of a sweep) share one enrolment per user
@@ -245,13 +246,13 @@ class ProfileMethod(CloakerMethod):
         super().prepare(target_photos)
         for user, photos in target_photos.items():
             key = json.dumps([self.surrogates, self.config, self.backend, self.num_targets, self.passes,
-                              self.enrol_steps, user, [str(p) for p in photos], self.banks[user].identities],
+                              self.enrol_steps, self.masks, user, [str(p) for p in photos], self.banks[user].identities],
                              sort_keys=True, default=str)
             if key not in ProfileMethod._enrolled:
                 t0 = time.perf_counter()
                 images = [load_face_photo(p) for p in photos]
                 profile = enroll(self.cloaker, images, f"user-{len(self.profiles)}", passes=self.passes,
-                                 steps=self.enrol_steps, targets=self.banks[user])
+                                 steps=self.enrol_steps, masks_count=self.masks, targets=self.banks[user])
                 ProfileMethod._enrolled[key] = (profile, time.perf_counter() - t0)
             self.profiles[user], self.enrol_seconds[user] = ProfileMethod._enrolled[key]
 
