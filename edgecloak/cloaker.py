@@ -217,16 +217,20 @@ class Cloaker:
 
     def enroll(self, photos: Sequence[str | os.PathLike[str] | np.ndarray], name: str, save: bool = True,
                passes: int = ENROL_PASSES, steps: int | None = None, masks: int = PROFILE_MASKS,
+               targets: TargetBank | None = None,
                progress: Callable[[int, int], None] | None = None) -> CloakProfile:
         """Enrol a user from several photos of them (``edgecloak.enrolment.enroll``) and, with ``save``,
         keep the profile under ``$EDGECLOAK_HOME/profiles/<name>`` (owner-only; an existing profile of
-        that name is refused). The photos themselves are not kept.
+        that name is refused). The photos themselves are not kept. ``targets``: the identities the
+        masks may chase (default: this cloaker's).
 
         Example:
             >>> profile = cloaker.enroll(["me1.jpg", "me2.jpg", "me3.jpg"], "me")   # doctest: +SKIP
         """
         with self._lock:
-            profile = enroll(self, photos, name, passes=passes, steps=steps, masks_count=masks, progress=progress)
+            profile = enroll(self.protector, self.config, self.targets if targets is None else targets, photos, name,
+                             passes=passes, steps=steps, masks_count=masks,
+                             preset=self.recipe.preset if self.recipe is not None else None, progress=progress)
         if save:
             save_profile(profile)
         return profile

@@ -5,13 +5,14 @@ photos in turn: each photo's loop starts from the mask the photos before it left
 face through the canonical frame), and its result, moved back, becomes the mask. ``passes`` rounds
 over all photos make it fit every one of them: the usual way a universal perturbation is built,
 with the loop's own input diversity (alignment jitter, a new seed per photo and pass) as
-augmentation. A mask's target is the one the loop picks for the first photo among the cloaker's
+augmentation. A mask's target is the one the loop picks for the first photo among the given
 targets that do not look like the user and no earlier mask chases; every later photo is pushed
 towards the same one. ``PROFILE_MASKS`` masks are made this way, one per target.
 
 Example:
     >>> cloaker = Cloaker.load(preset="balanced")                               # doctest: +SKIP
-    >>> profile = enroll(cloaker, ["me1.jpg", "me2.jpg", "me3.jpg"], "me")      # doctest: +SKIP
+    >>> profile = enroll(cloaker.protector, cloaker.config, cloaker.targets,
+    ...                  ["me1.jpg", "me2.jpg", "me3.jpg"], "me")               # doctest: +SKIP
     >>> profile.targets, profile.photos                                         # doctest: +SKIP
     (('tom_hanks', 'ann_smith', 'bob_lee'), 3)
 """
@@ -21,18 +22,18 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgecloak.errors import UsageError
+from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.image_io import load_image
+from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.profile import CANONICAL, CloakProfile, check_name, from_canonical, owner_template, to_canonical
 from edgecloak.runtime.targets import TargetBank
 from edgecloak.runtime.tipim import RuntimeTIPIM
 
-if TYPE_CHECKING:
-    from edgecloak.cloaker import Cloaker
 
 ENROL_PASSES = 2  # rounds over the enrolment photos
 # masks per profile, each towards its own target; a photo starts from one drawn at random, so that
@@ -44,20 +45,26 @@ MIN_PHOTOS = 2
 
 
 def enroll(
-    cloaker: "Cloaker",
+    protector: RuntimeProtector,
+    config: TIPIMConfig,
+    targets: TargetBank,
     photos: Sequence[str | os.PathLike[str] | np.ndarray],
     name: str,
     passes: int = ENROL_PASSES,
     steps: int | None = None,
     masks_count: int = PROFILE_MASKS,
-    targets: TargetBank | None = None,
+    preset: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CloakProfile:
     """A cloak profile for the user in ``photos`` (the largest face of each), not yet saved.
 
-    ``steps``: iterations per photo and pass (default: the cloaker's preset N); ``targets``: the
-    identities to choose from (default: the cloaker's); ``masks_count``: how many masks, each towards
-    another target (fewer when fewer targets are left). ``progress(done, total)`` after each loop.
+    ``protector`` runs the surrogates, ``config`` is the loop's (``steps`` overrides its N per photo
+    and pass), ``targets`` the identities to choose from; ``masks_count``: how many masks, each
+    towards another target (fewer when fewer targets are left); ``preset`` is recorded in the
+    profile's settings. ``progress(done, total)`` after each loop.
+
+    Lives beside the SDK's ``Cloaker`` (which calls it with its own protector, config and targets)
+    rather than taking one, so that neither module imports the other.
 
     Raises ``UsageError`` for fewer than two photos or a bad name, ``NoFaceError`` for a photo
     without a face.
@@ -69,7 +76,6 @@ def enroll(
         raise UsageError(f"passes must be >= 1, got {passes}")
     if masks_count < 1:
         raise UsageError(f"masks must be >= 1, got {masks_count}")
-    protector = cloaker.protector
     faces = []
     for photo in photos:
         image = photo if isinstance(photo, np.ndarray) else load_image(photo)
@@ -80,10 +86,10 @@ def enroll(
         pixels = np.ascontiguousarray(image[y0:y1, x0:x1].transpose(2, 0, 1)[None], dtype=np.float32)
         faces.append((pixels, region, protector.embed_face(image, region)))
     template = owner_template([user for _, _, user in faces])
-    bank = (targets if targets is not None else cloaker.targets).excluding_lookalikes(template)
+    bank = targets.excluding_lookalikes(template)
     if bank.size == 0:
         raise UsageError("every target identity looks like the user; enrol with other --target photos")
-    config = cloaker.config if steps is None else replace(cloaker.config, steps=steps)
+    config = config if steps is None else replace(config, steps=steps)
     eps = float(np.floor(config.eps))
     masks, chosen = [], []
     total, done = masks_count * passes * len(faces), 0
@@ -116,5 +122,5 @@ def enroll(
         name=name, surrogates=tuple(protector.surrogate_ids), eps=float(config.eps),
         masks=np.stack(masks), targets=tuple(chosen), template=template,
         photos=len(faces), settings={"steps": int(config.steps), "passes": passes, "masks": len(masks),
-                                     "preset": cloaker.recipe.preset if cloaker.recipe is not None else None},
+                                     "preset": preset},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from edgecloak.cloaker import Cloaker
-from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, PROFILE_MASKS, enroll
+from edgecloak.enrolment import DEFAULT_PROFILE_STEPS, ENROL_PASSES, PROFILE_MASKS
 from edgecloak.policy import SafetyPolicy
 from edgecloak.recipe import Recipe, resolve
 from edgecloak.runtime.config import TIPIMConfig
@@ -251,8 +251,8 @@ class ProfileMethod(CloakerMethod):
             if key not in ProfileMethod._enrolled:
                 t0 = time.perf_counter()
                 images = [load_face_photo(p) for p in photos]
-                profile = enroll(self.cloaker, images, f"user-{len(self.profiles)}", passes=self.passes,
-                                 steps=self.enrol_steps, masks_count=self.masks, targets=self.banks[user])
+                profile = self.cloaker.enroll(images, f"user-{len(self.profiles)}", save=False, passes=self.passes,
+                                              steps=self.enrol_steps, masks=self.masks, targets=self.banks[user])
                 ProfileMethod._enrolled[key] = (profile, time.perf_counter() - t0)
             self.profiles[user], self.enrol_seconds[user] = ProfileMethod._enrolled[key]
 
