@@ -46,9 +46,10 @@ CHEAP = ("--preset", "fast", "--on-fail", "keep")
 
 @pytest.fixture(scope="module")
 def cloaker():
-    """mobileface on ONNX Runtime, 16 steps without input diversity: a real cloaker that passes the
-    sample photo's self-check with room to spare (margin 0.33 on a 2-core x86 CPU, vs -0.02 with
-    diversity), so the lossy-output tests below judge encoding, not a knife edge."""
+    """mobileface on ONNX Runtime, 16 steps without input diversity: a real cloaker whose mask on
+    the sample photo passes its lossless self-check with room to spare (margin 0.33 on two 2-core
+    x86 CPUs, vs -0.02 with diversity). The lossy-output tests below judge the check on the
+    written bytes, not whether JPEG keeps this one mask."""
     from edgecloak.cloaker import Cloaker
 
     return Cloaker.load(preset="fast", backend="onnxruntime", steps=16, diversity=None)
@@ -235,24 +236,26 @@ def test_small_face_refusal_says_what_can_help(tmp_path):
 
 # -- lossy outputs: judged on the bytes written ---------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("quality, must_pass", [(95, True), (30, False)])
-def test_a_jpeg_output_is_self_checked_on_its_decoded_bytes(tmp_path, cloaker, quality, must_pass):
+@pytest.mark.parametrize("quality", [95, 30])
+def test_a_jpeg_output_is_self_checked_on_its_decoded_bytes(tmp_path, cloaker, quality):
+    """The margin a JPEG output reports is the written file's, re-detected and re-scored as a
+    recognizer downstream would see it, and a face whose written bytes fall short is not written.
+    This judges the check, not the mask: whether JPEG keeps one photo's mask is float-chaotic (on
+    the sample, 16 steps without diversity kept margin ~0.3 after JPEG 95 on one 2-core CPU and
+    -0.03 on another, from the same +0.33 before encoding)."""
+    from edgecloak.cloaker import Cloaker, SafetyPolicy
     from edgecloak.errors import ProtectionFailedError
 
     source = sample_photo()
     dest = tmp_path / "hopper.jpg"
-    try:
-        result = cloaker.protect_file(source, dest, jpeg_quality=quality)
-    except ProtectionFailedError:
-        assert not must_pass, "JPEG 95 keeps this mask (measured margin ~0.3): it must pass"
-        assert not dest.exists()  # failed closed: nothing written
-        return
+    keep = Cloaker(cloaker.protector, policy=SafetyPolicy(on_fail="keep", retries=0))
+    result = keep.protect_file(source, dest, jpeg_quality=quality)
     written = load_image(dest)
     assert np.array_equal(written, result.image)  # the checked pixels are exactly the written ones
     original = load_image(source)
     assert result.max_abs_change == int(np.abs(written.astype(int) - original.astype(int)).max())
     assert result.mask_max_abs_change <= 12 and result.max_abs_change >= result.mask_max_abs_change
-    assert all(f.action == "cloaked" and f.margin > 0 for f in result.faces)
+    assert all(f.action == ("cloaked" if f.margin > 0 else "kept") for f in result.faces)
     # re-detect and score the written file as a recognizer downstream would: the reported margin comes out
     face = result.faces[0]
     protector, bank = cloaker.protector, cloaker.targets
@@ -262,6 +265,12 @@ def test_a_jpeg_output_is_self_checked_on_its_decoded_bytes(tmp_path, cloaker, q
     t = bank.identities.index(face.target)
     margins = [float(after[s][0] @ bank.embeddings[s][t] - after[s][0] @ clean[s][0]) for s in protector.surrogate_ids]
     assert abs(np.mean(margins) - face.margin) < 1e-3
+    # the same photo held to a bar its written bytes do not clear: refused, and nothing written
+    drop = Cloaker(cloaker.protector, policy=SafetyPolicy(on_fail="drop", retries=0, min_margin=face.margin))
+    refused = tmp_path / "refused.jpg"
+    with pytest.raises(ProtectionFailedError, match="not protected"):
+        drop.protect_file(source, refused, jpeg_quality=quality)
+    assert not refused.exists()
 
 
 @pytest.mark.slow

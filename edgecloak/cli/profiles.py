@@ -59,7 +59,7 @@ class ProfilesCommand:
         listing = verbs.add_parser("list", help="the profiles on this machine")
         listing.add_argument("--json", action="store_true", help="machine-readable output")
         listing.set_defaults(handler=ProfilesCommand.list)
-        remove = verbs.add_parser("remove", help="delete a profile (its mask and face template) for good")
+        remove = verbs.add_parser("remove", help="delete a profile (its masks and face template) for good")
         remove.add_argument("name")
         remove.set_defaults(handler=ProfilesCommand.remove)
 
