@@ -135,6 +135,32 @@ def owner_template(faces: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
     return out
 
 
+def template_similarity(template: Mapping[str, np.ndarray], user: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Cosine of a face's embeddings {surrogate: [1, D]} to an owner template, per surrogate.
+
+    Example:
+        >>> template_similarity({"m": np.ones((1, 4))}, {"m": np.ones((1, 4)) / 2})
+        {'m': 1.0}
+    """
+    out = {}
+    for sid, t in template.items():
+        u, v = np.asarray(user[sid], np.float64).reshape(-1), np.asarray(t, np.float64).reshape(-1)
+        out[sid] = float(u @ v / max(np.linalg.norm(u), 1e-12) / max(np.linalg.norm(v), 1e-12))
+    return out
+
+
+def matches_owner(template: Mapping[str, np.ndarray], user: Mapping[str, np.ndarray]) -> bool:
+    """Is this face the template's owner: its mean margin over the surrogates' ``OWNER_THRESHOLDS``
+    (cosine less threshold) >= 0?
+
+    Example:
+        >>> matches_owner({"mobileface": np.ones((1, 4))}, {"mobileface": np.ones((1, 4))})
+        True
+    """
+    sims = template_similarity(template, user)
+    return float(np.mean([sims[sid] - OWNER_THRESHOLDS.get(sid, 1.0) for sid in sims])) >= 0.0
+
+
 @dataclass
 class CloakProfile:
     """One user's enrolled cloak: a few canonical masks, each towards its own target, and the owner's
@@ -166,17 +192,11 @@ class CloakProfile:
 
     def owner_similarity(self, user: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Cosine of a face's unit embeddings {surrogate: [1, D]} to the template, per surrogate."""
-        out = {}
-        for sid, t in self.template.items():
-            u = np.asarray(user[sid], np.float64).reshape(-1)
-            out[sid] = float(u @ np.asarray(t, np.float64).reshape(-1) / max(np.linalg.norm(u), 1e-12)
-                             / max(np.linalg.norm(t), 1e-12))
-        return out
+        return template_similarity(self.template, user)
 
     def is_owner(self, user: Mapping[str, np.ndarray]) -> bool:
-        """Is this face the owner's: its mean margin over the surrogates' ``OWNER_THRESHOLDS`` >= 0?"""
-        sims = self.owner_similarity(user)
-        return float(np.mean([sims[sid] - OWNER_THRESHOLDS.get(sid, 1.0) for sid in sims])) >= 0.0
+        """Is this face the owner's (``matches_owner`` against this profile's template)?"""
+        return matches_owner(self.template, user)
 
     def pick(self, available: Sequence[str], seed: int, key: bytes) -> int | None:
         """Which mask a face starts from: one of those whose target is ``available``, drawn from

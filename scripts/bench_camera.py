@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # the clip: the first held-out photo of the user that the profile recognises as its owner (a
     # photo it does not recognise would time the normal loop in the profile rows)
-    clip_photo = next((p for p in split.probes[user] if recognised(p)), split.probes[user][0])
+    clip_photo = next((p for p in split.probes[user] if recognised(p)), None)
+    clip_recognised = clip_photo is not None
+    clip_photo = clip_photo or split.probes[user][0]
     still = load_image(clip_photo)
     frames = clip_frames(still, cloaker.detector.largest_face(still, str(clip_photo)).box, args.frames)
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["x_cold"] = round(rows[0]["s_per_frame"] / row["s_per_frame"], 2)
     report = {"preset": args.preset, "backend": cloaker.backend, "clip": f"{len(frames)} frames 640x480, {user}",
-              "clip_photo": clip_photo.name, "clip_photo_recognised": recognised(clip_photo),
+              "clip_photo": clip_photo.name, "clip_photo_recognised": clip_recognised,
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
               "profile_targets": list(profile.targets), "rows": rows}
     text = json.dumps(report, indent=1)

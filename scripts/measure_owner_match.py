@@ -3,7 +3,8 @@
 For every user of the evaluation's photo set, the owner template (``runtime.profile.owner_template``)
 is made from the user's optimisation photos, as enrolment makes it; then every probe photo of that
 user (genuine) and every probe of the other users plus every distractor face (impostors) is
-matched with ``CloakProfile.is_owner``. Prints JSON and a table per preset's surrogates.
+matched with ``runtime.profile.matches_owner`` (what ``CloakProfile.is_owner`` asks). Prints
+JSON and a table per preset's surrogates.
 
 A miss costs time (the owner's face runs the normal loop), a false match only a less fitting start
 (the refinement and the self-check still run); neither emits an unprotected face.
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecloak.evaluation.harness import evaluation_photos
     from edgecloak.evaluation.protocol import enrolment_photos, split_photos
     from edgecloak.export.zoo.photos import load_face_photo
-    from edgecloak.runtime.profile import CloakProfile, owner_template
+    from edgecloak.runtime.profile import matches_owner, owner_template
 
     users, distractors = evaluation_photos(distractors=True)
     split = split_photos(users, 4, 3)
@@ -50,13 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         others = [embed(p) for p in tqdm([p for ps in distractors.values() for p in ps], desc=f"{preset}: distractors")]
         genuine, impostor, per_user = [], [], {}
         for user, photos in enrolment_photos(split).items():
-            profile = CloakProfile(user, tuple(protector.surrogate_ids), 12.0, np.zeros((1, 1, 3), np.int8), "",
-                                   owner_template([embed(p) for p in photos]))
-            mine = [profile.is_owner(e) for e in probes[user]]
+            template = owner_template([embed(p) for p in photos])
+            mine = [matches_owner(template, e) for e in probes[user]]
             genuine += mine
             per_user[user] = float(np.mean(mine))
-            impostor += [profile.is_owner(e) for u, es in probes.items() if u != user for e in es]
-            impostor += [profile.is_owner(e) for e in others]
+            impostor += [matches_owner(template, e) for u, es in probes.items() if u != user for e in es]
+            impostor += [matches_owner(template, e) for e in others]
         report["rows"].append({"preset": preset, "surrogates": list(protector.surrogate_ids),
                                "owner_recognised": float(np.mean(genuine)), "genuine_n": len(genuine),
                                "false_match": float(np.mean(impostor)), "impostor_n": len(impostor),

@@ -129,7 +129,7 @@ def preset_method(name: str, backend: str = "auto", seed: int = 0, label: str | 
 
 
 # a judged recipe's settings that make it a profile method (``ProfileMethod`` fields), not loop settings
-PROFILE_KEYS = ("profile_steps", "passes", "enrol_steps")
+PROFILE_KEYS = ("profile_steps", "passes", "enrol_steps", "masks")
 
 
 def profile_method(name: str, surrogates: Sequence[str], config: dict[str, Any], backend: str,

@@ -220,7 +220,7 @@ class ProfileMethod(CloakerMethod):
     once, on the photos the evaluation gives ``prepare`` (the split's optimisation photos, never a
     probe: ``protocol.enrolment_photos``), towards a target among their bank; each probe of theirs
     then starts from the profile and runs ``profile_steps`` (0: the mask as it is). ``seconds`` per
-    photo is the protect time; the one-off enrolment time is ``enrol_seconds`` (per user)."""
+    photo is the protect time (the one-off enrolment is not in it)."""
 
     name: str = "profile"
     family: str = "profile"
@@ -232,7 +232,6 @@ class ProfileMethod(CloakerMethod):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.profiles: dict[str, CloakProfile] = {}
-        self.enrol_seconds: dict[str, float] = {}
 
     def settings(self):
         return {**super().settings(), "profile_steps": self.profile_steps, "passes": self.passes,
@@ -240,7 +239,7 @@ class ProfileMethod(CloakerMethod):
 
     # enrolments made in this process, by everything they depend on: methods that differ only in
     # ``profile_steps`` (the 0- and 2-step rows of a sweep) share one enrolment per user
-    _enrolled: ClassVar[dict[str, tuple[CloakProfile, float]]] = {}
+    _enrolled: ClassVar[dict[str, CloakProfile]] = {}
 
     def prepare(self, target_photos):
         super().prepare(target_photos)
@@ -249,12 +248,11 @@ class ProfileMethod(CloakerMethod):
                               self.enrol_steps, self.masks, user, [str(p) for p in photos], self.banks[user].identities],
                              sort_keys=True, default=str)
             if key not in ProfileMethod._enrolled:
-                t0 = time.perf_counter()
                 images = [load_face_photo(p) for p in photos]
-                profile = self.cloaker.enroll(images, f"user-{len(self.profiles)}", save=False, passes=self.passes,
-                                              steps=self.enrol_steps, masks=self.masks, targets=self.banks[user])
-                ProfileMethod._enrolled[key] = (profile, time.perf_counter() - t0)
-            self.profiles[user], self.enrol_seconds[user] = ProfileMethod._enrolled[key]
+                ProfileMethod._enrolled[key] = self.cloaker.enroll(
+                    images, f"user-{len(self.profiles)}", save=False, passes=self.passes, steps=self.enrol_steps,
+                    masks=self.masks, targets=self.banks[user])
+            self.profiles[user] = ProfileMethod._enrolled[key]
 
     def protect(self, image, face_box, identity, seed):
         self.cloaker.use_profile(self.profiles[identity], self.profile_steps)
