@@ -73,6 +73,26 @@ class Fidelity:
         return self.grad_cosine >= GATE["grad_cosine"] and self.sign_agreement >= GATE["sign_agreement"]
 
 
+def graph_feeds(inputs: dict[str, Sequence[int]], x: np.ndarray, cotangents: np.ndarray) -> dict[str, np.ndarray]:
+    """A gradient graph's inputs (``inputs``: name -> shape) for one sample, as the plain network:
+    ``feature_keep`` all ones on graphs that have it.
+
+    Example:
+        >>> feeds = graph_feeds({"x": [1, 3, 2, 2], "cotangents": [1, 1, 4], "feature_keep": [1, 5]},
+        ...                     np.zeros((1, 3, 2, 2)), np.zeros((1, 1, 4)))
+        >>> sorted(feeds), float(feeds["feature_keep"].sum())
+        (['cotangents', 'feature_keep', 'x'], 5.0)
+    """
+    feeds = {"x": x, "cotangents": cotangents}
+    if "feature_keep" in inputs:
+        feeds["feature_keep"] = np.ones(tuple(inputs["feature_keep"]), np.float32)
+    return feeds
+
+
+def _input_shapes(model) -> dict[str, list[int]]:
+    return {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+
+
 def backward_nodes(model) -> list[str]:
     """Names of the nodes that depend on the ``cotangents`` input (the VJP half of a gradient graph)."""
     tainted, names = {"cotangents"}, []
@@ -97,15 +117,18 @@ def make_variant(graph: Path, precision: str, out: Path, calibration: Sequence[S
     # optional: onnxruntime's quantizer needs onnx (the export extra)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    model = onnx.load(str(graph))
+    inputs = _input_shapes(model)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.samples = iter(calibration)
 
         def get_next(self):
             item = next(self.samples, None)
-            return None if item is None else {"x": item[0], "cotangents": item[1]}
+            return None if item is None else graph_feeds(inputs, item[0], item[1])
 
-    exclude = backward_nodes(onnx.load(str(graph))) if precision == "int8-forward" else []
+    exclude = backward_nodes(model) if precision == "int8-forward" else []
     quantize_static(str(graph), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     return out
@@ -118,9 +141,11 @@ def _session(path: Path):
 
 
 def _timed_runs(session, samples: Sequence[Sample]) -> tuple[list, float]:
-    session.run(None, {"x": samples[0][0], "cotangents": samples[0][1]})  # warm-up
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    feeds = [graph_feeds(inputs, x, v) for x, v in samples]
+    session.run(None, feeds[0])  # warm-up
     start = time.perf_counter()
-    outs = [session.run(None, {"x": x, "cotangents": v}) for x, v in samples]
+    outs = [session.run(None, f) for f in feeds]
     return outs, (time.perf_counter() - start) / len(samples) * 1000.0
 
 

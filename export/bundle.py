@@ -43,7 +43,7 @@ from edgecloak.runtime.detect.mtcnn import MTCNNDetector
 from edgecloak.runtime.paths import edgecloak_home
 
 from .gradgraph import (EXPORTER_VERSION, check_tensorrt_ops, export_embedding_graph, export_gradient_graph,
-                        quiet_exporter)
+                        feature_map_sizes, quiet_exporter)
 from .recognizers import Recognizer
 from .reference.targets import default_target_bank, target_bank_from_photos
 from .zoo.registry import converted_manifest, default_surrogates, ensure_detector
@@ -157,6 +157,7 @@ def export_bundle(
                 grad_graph=f"surrogates/{model_id}.grad.onnx",
                 embed_graph=f"surrogates/{model_id}.embed.onnx",
                 shapes={"x": [1, 3, rec.input_size, rec.input_size], "cotangents": [1, num_targets, rec.spec.embedding_dim],
+                        "feature_keep": [1, sum(feature_map_sizes(rec))],
                         "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
                         "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
                 source_sha256=converted_manifest(model_id)["source_sha256"],

@@ -17,7 +17,12 @@ kink conventions included). Measured in ONNX Runtime on 2 CPU cores, K = 10: mob
 The exporter emits opset 18; for opset 17 (TensorRT 8.5/8.6) we move the Reduce* ``axes`` input
 back to an attribute (``onnx.version_converter`` produces an invalid model here).
 
-Shapes are fixed: B = 1 (``x`` [1,3,S,S], ``cotangents`` [1,K,D]), K = ``num_targets``.
+Shapes are fixed: B = 1 (``x`` [1,3,S,S], ``cotangents`` [1,K,D], ``feature_keep`` [1,F]), K = ``num_targets``.
+
+Surrogate model augmentation (DFANet-style dropout on feature maps) needs the graph's network to
+change from call to call without a re-export, and inference engines have no random numbers that a
+seed could reproduce. So every convolution's output is multiplied by a slice of the ``feature_keep``
+input: the runtime feeds ones (the plain network) or a fresh dropout mask per step.
 
 Example:
     >>> rec = Recognizer.load("mobileface")                                   # doctest: +SKIP
@@ -46,7 +51,10 @@ from edgecloak.errors import ModelError
 
 from .recognizers import Recognizer
 
-EXPORTER_VERSION = "gradgraph-2 (make_fx + vmap(vjp), K-batched conv/activation backward, B=1 fixed)"
+EXPORTER_VERSION = ("gradgraph-3 (make_fx + vmap(vjp), K-batched conv/activation backward, B=1 fixed, "
+                    "feature_keep on every conv output)")
+# the gradient graph's inputs, in order
+GRADIENT_INPUTS = ("x", "cotangents", "feature_keep")
 
 aten = torch.ops.aten
 
@@ -200,12 +208,31 @@ def _bound(v, default):
 class _BatchableBackward(TorchFunctionMode):
     """Route the recognizers' conv and activation calls through forms whose backward batches
     over the K cotangents. Values are unchanged, and so are the gradients, including each op's
-    convention at its kinks (relu/hardtanh: strict, clamp: inclusive, prelu: slope at 0)."""
+    convention at its kinks (relu/hardtanh: strict, clamp: inclusive, prelu: slope at 0).
+
+    ``feature_keep`` ([1, F], optional): every convolution's output, in call order, is multiplied
+    by the next ``C*H*W`` values of it, reshaped to the output (surrogate model augmentation: the
+    runtime feeds random dropout masks, or ones for the plain network; ``feature_map_sizes``).
+    """
+
+    def __init__(self, feature_keep: torch.Tensor | None = None):
+        super().__init__()
+        self.feature_keep = feature_keep
+        self.used = 0  # values of feature_keep consumed so far
+
+    def _keep(self, out: torch.Tensor) -> torch.Tensor:
+        n = out[0].numel()
+        if self.used + n > self.feature_keep.shape[1]:
+            raise ModelError(f"feature_keep has {self.feature_keep.shape[1]} values; the network's feature maps need more")
+        piece = self.feature_keep[:, self.used:self.used + n].reshape(1, *out.shape[1:])
+        self.used += n
+        return out * piece
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (torch.conv2d, F.conv2d):
-            return _conv2d(*args, **kwargs)
+            out = _conv2d(*args, **kwargs)
+            return out if self.feature_keep is None else self._keep(out)
         if func in (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_):
             x = args[0]
             return _masked(x, torch.relu(x), x > 0)
@@ -229,31 +256,68 @@ class _BatchableBackward(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def batchable_backward() -> _BatchableBackward:
+def batchable_backward(feature_keep: torch.Tensor | None = None) -> _BatchableBackward:
     """Context manager: trace the recognizer with backward-batchable forms (see ``_BatchableBackward``)."""
-    return _BatchableBackward()
+    return _BatchableBackward(feature_keep)
+
+
+class _FeatureMaps(TorchFunctionMode):
+    """Records the shape of every convolution's output, in call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.conv2d, F.conv2d):
+            self.shapes.append(tuple(out.shape[1:]))
+        return out
+
+
+def feature_map_sizes(rec: Recognizer) -> list[int]:
+    """``C*H*W`` of every convolution output of one forward pass, in call order: the layout of a
+    gradient graph's ``feature_keep`` input (its length is the sum).
+
+    Example:
+        >>> sum(feature_map_sizes(Recognizer.load("mobileface")))   # doctest: +SKIP
+        354240
+    """
+    s = rec.input_size
+    maps = _FeatureMaps()
+    with torch.no_grad(), maps:
+        rec.eval()(torch.zeros(1, 3, s, s))
+    return [math.prod(shape) for shape in maps.shapes]
 
 
 def _gradient_fn(rec: Recognizer):
-    def fn(x: torch.Tensor, cotangents: torch.Tensor):
-        with batchable_backward():
+    def fn(x: torch.Tensor, cotangents: torch.Tensor, feature_keep: torch.Tensor):
+        mode = batchable_backward(feature_keep)
+        with mode:
             emb, vjp = torch.func.vjp(rec, x)
             # [K,B,D] cotangents: one VJP each over the single forward above, vmapped so that
             # every backward op runs once on a batch of K (functorch's vmap: batching rules,
             # where autograd's is_grads_batched falls back to a loop over K)
             (grad,) = torch.vmap(vjp)(cotangents.transpose(0, 1))
+        if mode.used != feature_keep.shape[1]:
+            raise ModelError(f"feature_keep has {feature_keep.shape[1]} values; the feature maps use {mode.used}")
         return emb.detach(), grad.transpose(0, 1)
 
     return fn
 
 
-def trace_gradient_fn(rec: Recognizer, num_targets: int = 10) -> torch.fx.GraphModule:
-    """The (x, cotangents) -> (embedding, grad) function as a plain aten GraphModule (B = 1)."""
+def gradient_inputs(rec: Recognizer, num_targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Example inputs of the gradient graph: x [1,3,S,S], cotangents [1,K,D], feature_keep [1,F] (ones)."""
     s, d = rec.input_size, rec.spec.embedding_dim
-    x = torch.rand(1, 3, s, s) * 255
-    v = torch.randn(1, num_targets, d)
+    return (torch.rand(1, 3, s, s) * 255, torch.randn(1, num_targets, d),
+            torch.ones(1, sum(feature_map_sizes(rec))))
+
+
+def trace_gradient_fn(rec: Recognizer, num_targets: int = 10) -> torch.fx.GraphModule:
+    """The (x, cotangents, feature_keep) -> (embedding, grad) function as a plain aten GraphModule (B = 1)."""
     rec = rec.eval()
-    return make_fx(_gradient_fn(rec), decomposition_table=_decompositions(), tracing_mode="real")(x, v)
+    return make_fx(_gradient_fn(rec), decomposition_table=_decompositions(),
+                   tracing_mode="real")(*gradient_inputs(rec, num_targets))
 
 
 def _const_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
@@ -314,7 +378,9 @@ def _to_opset17(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10, opset: int = 17) -> Path:
-    """Write the (x [1,3,S,S] 0..255, cotangents [1,K,D]) -> (embedding [1,D], grad [1,K,3,S,S]) graph.
+    """Write the (x [1,3,S,S] 0..255, cotangents [1,K,D], feature_keep [1,F]) -> (embedding [1,D],
+    grad [1,K,3,S,S]) graph. ``feature_keep`` multiplies the convolutions' outputs (``feature_map_sizes``):
+    ones give the plain network, random dropout masks an augmented surrogate.
 
     ``opset`` 17 is produced by down-converting the exporter's opset 18; 18+ is passed to the exporter.
     Weights are initializers in a single file; the model is checked with ``onnx.checker`` (full check).
@@ -323,11 +389,10 @@ def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10
         raise ValueError(f"opset {opset} unsupported (17 or newer)")
     out_path = Path(out_path)
     gm = trace_gradient_fn(rec, num_targets).eval()
-    s, d = rec.input_size, rec.spec.embedding_dim
-    args = (torch.zeros(1, 3, s, s), torch.zeros(1, num_targets, d))
+    args = gradient_inputs(rec, num_targets)
     with quiet_exporter():
         program = torch.onnx.export(gm, args, dynamo=True, opset_version=max(opset, 18),
-                                    input_names=["x", "cotangents"], output_names=["embedding", "grad"],
+                                    input_names=list(GRADIENT_INPUTS), output_names=["embedding", "grad"],
                                     optimize=True, verbose=False)
     return _finish(program, out_path, opset)
 

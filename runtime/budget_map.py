@@ -11,6 +11,10 @@ where the budget is spent decides what people see. ``budget_map`` returns the pe
   - ``"face"``: a feathered ellipse that covers the face from forehead to chin, placed by the five
     landmarks (it turns and scales with the face). Outside it the weight is 0, so background
     pixels never change; inside it falls smoothly to 0 at the edge, so no edge is visible.
+  - ``"head"``: the face's ellipse, and around it, inside the box, only pixels with texture of
+    their own (hair, ears, a busy background; ``texture_weight``): a flat background keeps no
+    budget, so the box's patterned rectangle is gone while the pixels around the face that the
+    recognizers' crops see and that can hide a change keep theirs.
 
 * the **perceptual** weight (strength ``perceptual`` in [0, 1]; 0 turns it off): a simple
   just-noticeable-difference model. A change hides in texture (hair, beard, eyebrows, edges) and
@@ -51,6 +55,13 @@ FACE_FEATHER_112 = 9.0  # width of the fade at the ellipse's edge, in 112-px fac
 
 TEXTURE_SIGMA = 1.5  # window (Gaussian sigma, photo px) of the local statistics: what the eye pools
 TEXTURE_FULL = 10.0  # local luminance std (levels) at which a pixel gets the whole budget
+# The head support's texture ramp around the face (local luminance std, levels): up to FLAT_STD a
+# pixel counts as flat and keeps no budget, from EDGE_STD it keeps all of it. Chosen on the sample
+# photo, whose plain blue background has a grain of std 2.5-5 levels (median 5.3) and whose hair,
+# cap, flag and collar edges reach 15-60: with 6 and 16, half the off-face pixels (the background)
+# keep nothing and the edges keep their budget.
+FLAT_STD = 6.0
+EDGE_STD = 16.0
 FLAT_FLOOR = 0.35  # share of the budget a perfectly flat pixel keeps
 DARK_LIGHT = 24.0  # luminance (levels) from black or white below which the budget tapers
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights
@@ -89,6 +100,28 @@ def luminance(region: np.ndarray) -> np.ndarray:
     return np.tensordot(LUMA, region[0].astype(np.float32), axes=1)
 
 
+def _local_statistics(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) [h, w] of the luminance over a Gaussian window of ``TEXTURE_SIGMA``."""
+    y = luminance(region)
+    mean = cv2.GaussianBlur(y, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+    square = cv2.GaussianBlur(y * y, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+    return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+
+def texture_weight(region: np.ndarray) -> np.ndarray:
+    """[h, w] float32 weights in [0, 1]: 0 where the original is flat (local luminance std at most
+    ``FLAT_STD`` levels, the grain of a plain background), rising to 1 at ``EDGE_STD`` levels.
+
+    Example:
+        >>> flat = np.full((1, 3, 16, 16), 128, np.float32)
+        >>> noisy = flat + np.random.default_rng(0).normal(0, 30, flat.shape).astype(np.float32)
+        >>> float(texture_weight(flat).max()), bool(texture_weight(noisy).mean() > 0.9)
+        (0.0, True)
+    """
+    _, std = _local_statistics(region)
+    return np.clip((std - FLAT_STD) / (EDGE_STD - FLAT_STD), 0.0, 1.0).astype(np.float32)
+
+
 def jnd_weight(region: np.ndarray) -> np.ndarray:
     """[h, w] float32 weights in [FLAT_FLOOR * taper, 1]: how much of the budget each pixel can
     take unseen, from the original's local luminance contrast and its distance to black/white.
@@ -99,10 +132,7 @@ def jnd_weight(region: np.ndarray) -> np.ndarray:
         >>> round(float(jnd_weight(flat).mean()), 2), bool(jnd_weight(noisy).mean() > 0.9)
         (0.35, True)
     """
-    y = luminance(region)
-    mean = cv2.GaussianBlur(y, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-    square = cv2.GaussianBlur(y * y, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+    mean, std = _local_statistics(region)
     texture = FLAT_FLOOR + (1.0 - FLAT_FLOOR) * np.minimum(std / TEXTURE_FULL, 1.0)
     extremes = np.minimum(mean, 255.0 - mean)  # how far from black or white
     taper = 0.5 + 0.5 * np.minimum(extremes / DARK_LIGHT, 1.0)
@@ -127,8 +157,10 @@ def budget_map(region: np.ndarray, face: FaceRegion, eps: float, support: str = 
         weight = face.edge_weight_map()
     elif support == "face":
         weight = face_support(face)
+    elif support == "head":
+        weight = np.maximum(face_support(face), face.edge_weight_map() * texture_weight(region))
     else:
-        raise ValueError(f"support must be 'box' or 'face', got {support!r}")
+        raise ValueError(f"support must be 'box', 'face' or 'head', got {support!r}")
     if perceptual > 0:
         weight = weight * (1.0 - np.float32(perceptual) * (1.0 - jnd_weight(region)))
     return (np.float32(eps) * np.clip(weight, 0.0, 1.0).astype(np.float32))[None, None]

@@ -4,7 +4,9 @@ A bundle is a folder written by ``edgecloak export`` (``edgecloak.export.bundle`
 
     bundle/
       manifest.json                what follows, with the sha256 of every file
-      surrogates/<id>.grad.onnx    (x [1,3,S,S], cotangents [1,K,D]) -> (embedding, grad)
+      surrogates/<id>.grad.onnx    (x [1,3,S,S], cotangents [1,K,D], feature_keep [1,F]) -> (embedding, grad)
+                                   (feature_keep, the convolution outputs' multipliers, is absent
+                                   from bundles exported before feature dropout)
       surrogates/<id>.grad1.onnx   the same with K = 1: the loop's steps towards one held target
                                    (optional; without it those steps run the K graph)
       surrogates/<id>.embed.onnx   x [B,3,S,S] -> embedding [B,D]
@@ -183,6 +185,18 @@ class SurrogateEntry:
                "preprocess", "shapes", "source_sha256", "graph_keys", "tensorrt_unsupported_ops", "precision",
                "held_grad_graph"}
 
+    @property
+    def feature_keep_size(self) -> int:
+        """Length F of the gradient graphs' ``feature_keep`` input (0: bundles from before it, whose
+        graphs take none and cannot run feature dropout).
+
+        Example:
+            >>> SurrogateEntry("m", 112, 1.0, 128, 10, "g", "e", shapes={"feature_keep": [1, 42]}).feature_keep_size
+            42
+        """
+        shape = self.shapes.get("feature_keep")  # checked by from_dict
+        return 0 if shape is None else int(shape[1])
+
     def paths(self) -> list[str]:
         """Every bundle file this surrogate names."""
         held = [self.held_grad_graph] if self.held_grad_graph else []
@@ -214,6 +228,12 @@ class SurrogateEntry:
                 _num(p.get("sign_agreement"), f"{where}.precision.sign_agreement")
         ops = _list(d.get("tensorrt_unsupported_ops", []), f"{where}.tensorrt_unsupported_ops")
         keys = _obj(d.get("graph_keys", {}), f"{where}.graph_keys")
+        shapes = _obj(d.get("shapes", {}), f"{where}.shapes")
+        if "feature_keep" in shapes:
+            keep = _list(shapes["feature_keep"], f"{where}.shapes.feature_keep")
+            if len(keep) != 2 or keep[0] != 1:
+                raise _Invalid(f"{where}.shapes.feature_keep must be [1, F]")
+            _int(keep[1], f"{where}.shapes.feature_keep[1]", 1, 1 << 27)  # a forged F must not reach an allocation
         return cls(
             id=_name(req("id"), f"{where}.id"),
             input_size=_int(req("input_size"), f"{where}.input_size", 1, 4096),
@@ -224,7 +244,7 @@ class SurrogateEntry:
             embed_graph=_relpath(req("embed_graph"), f"{where}.embed_graph"),
             extra={_str(k, f"{where}.extra key"): _relpath(v, f"{where}.extra.{k}") for k, v in extra.items()},
             preprocess=None if d.get("preprocess") is None else _str(d["preprocess"], f"{where}.preprocess"),
-            shapes=_obj(d.get("shapes", {}), f"{where}.shapes"),
+            shapes=shapes,
             source_sha256=None if d.get("source_sha256") is None
             else _str(d["source_sha256"], f"{where}.source_sha256"),
             graph_keys={k: _str(v, f"{where}.graph_keys.{k}") for k, v in keys.items()},
@@ -636,6 +656,7 @@ class Bundle:
                 max_batch=s.max_batch, grad_graph=root / s.grad_graph, embed_graph=root / s.embed_graph,
                 extra={name: root / rel for name, rel in s.extra.items()},
                 held_grad_graph=None if s.held_grad_graph is None else root / s.held_grad_graph,
+                feature_keep_size=s.feature_keep_size,
             ))
             geometries[s.id] = CropGeometry(s.input_size, s.crop_scale)
         targets = _targets_from_npz(manifest.read_file(root, manifest.targets, verify), manifest,

@@ -123,15 +123,22 @@ class TIPIMConfig(AttackConfig):
     smooth_probability: float = field(default=0.0, metadata=_flag(
         "share of steps whose surrogates see a Gaussian-smoothed copy of the image (default 0: never)"))
     smooth_sigma: float = 1.5
+    # DFANet-style surrogate model augmentation: every gradient step sees each surrogate with this
+    # share of its convolutions' outputs dropped (a fresh mask per step and surrogate, fed to the
+    # gradient graphs' feature_keep input), so the mask cannot lean on any one unit of one network.
+    feature_dropout: float = field(default=0.0, metadata=_flag(
+        "surrogate model augmentation: share of the surrogates' convolution outputs dropped at random in each "
+        "gradient step (DFANet; default 0: off)"))
     surrogate_weighting: Literal["equal", "normalised"] = field(default="equal", metadata=_flag(
         "equal: the surrogates' losses averaged (the paper); normalised: each surrogate's gradient scaled "
         "to the same mean magnitude before they are summed"))
 
     # What people see (``runtime.budget_map``; defaults: the paper's region and a flat budget). The
     # L_inf promise holds in every case: no pixel moves by more than eps.
-    support: Literal["box", "face"] = field(default="box", metadata=_flag(
-        "where the mask may live: box (the face region's rectangle, faded at its edges) or face (a feathered "
-        "ellipse from forehead to chin; the background never changes)"))
+    support: Literal["box", "face", "head"] = field(default="box", metadata=_flag(
+        "where the mask may live: box (the face region's rectangle, faded at its edges), face (a feathered "
+        "ellipse from forehead to chin; the background never changes) or head (the face's ellipse, and around "
+        "it only pixels with texture: hair, ears, a busy background; a flat background never changes)"))
     perceptual: float = field(default=0.0, metadata=_flag(
         "strength 0..1 of the perceptual budget: less change on flat skin, smooth gradients, near black and "
         "white, the full eps only in texture (default 0: eps everywhere)"))
@@ -141,12 +148,14 @@ class TIPIMConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.support not in ("box", "face"):
-            raise ValueError(f"support must be 'box' or 'face', got {self.support!r}")
+        if self.support not in ("box", "face", "head"):
+            raise ValueError(f"support must be 'box', 'face' or 'head', got {self.support!r}")
         if not 0 <= self.perceptual <= 1 or not 0 <= self.chroma <= 1:
             raise ValueError("perceptual and chroma must be in [0, 1]")
         if self.ti_sigma < 0 or self.smooth_sigma < 0 or not 0 <= self.smooth_probability <= 1:
             raise ValueError("ti_sigma and smooth_sigma must be >= 0 and smooth_probability in [0, 1]")
+        if not 0 <= self.feature_dropout <= 0.5:
+            raise ValueError(f"feature_dropout must be in [0, 0.5], got {self.feature_dropout}")
         if self.surrogate_weighting not in ("equal", "normalised"):
             raise ValueError(f"surrogate_weighting must be 'equal' or 'normalised', got {self.surrogate_weighting!r}")
         if self.rescore_every < 1 or (self.settle_after is not None and self.settle_after < 1):

@@ -3,7 +3,8 @@
 The runtime loop and the torch oracle (``edgecloak.export.reference.oracle``, tests only) call
 these functions with ``np.random.default_rng(seed)`` in the same order per step (jitter, then the
 MMD augmentations), so the same seed gives the same input diversity in both: that is what makes
-their results comparable pixel for pixel.
+their results comparable pixel for pixel. The loop's feature-dropout masks (``dropout_mask``) come
+from the same generator, drawn only when that technique is on.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -44,3 +45,18 @@ def sample_augmentations(batch: int, rng: np.random.Generator) -> list[tuple[int
     draws = rng.integers(-2, 3, size=(batch - 1, 2))
     flips = rng.integers(0, 2, size=batch - 1)
     return [(int(dx), int(dy), bool(f)) for (dx, dy), f in zip(draws, flips)]
+
+
+def dropout_mask(rate: float, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (float32) with an inverted-dropout mask: each value is 0 with probability ``rate``
+    and ``1 / (1 - rate)`` otherwise, so the mean activation is unchanged. The rate is rounded to
+    a multiple of 1/256: one random byte per value (a surrogate has millions of them, every step).
+
+    Example:
+        >>> m = dropout_mask(0.25, np.random.default_rng(0), np.empty((1, 100_000), np.float32))
+        >>> sorted(set(m.ravel().tolist())), round(float((m == 0).mean()), 2)
+        ([0.0, 1.3333333730697632], 0.25)
+    """
+    dropped = round(rate * 256)
+    bits = np.frombuffer(rng.bytes(out.size), np.uint8).reshape(out.shape)
+    return np.multiply(bits >= dropped, np.float32(256 / (256 - dropped)), out=out)

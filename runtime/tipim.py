@@ -15,10 +15,12 @@ Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MM
 draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
 and settings the result matches the oracle's (see tests/test_runtime.py).
 
-Beyond the paper, three transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
-``surrogate_weighting``; all off by default, and then the loop is the oracle's step for step):
-Gaussian smoothing of the gradient (translation invariance), a smoothed copy of the image as an
-input transform, and per-surrogate gradient normalisation (see ``runtime.smoothing``). And what
+Beyond the paper, four transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
+``surrogate_weighting``, ``feature_dropout``; all off by default, and then the loop is the oracle's
+step for step): Gaussian smoothing of the gradient (translation invariance), a smoothed copy of the
+image as an input transform, per-surrogate gradient normalisation (see ``runtime.smoothing``), and
+surrogate model augmentation: each gradient step sees every surrogate with a fresh random share of
+its convolution outputs dropped (the gradient graphs' ``feature_keep`` input). And what
 people see: the per-pixel budget (``TIPIMConfig.support``, ``perceptual``) and the colour share of
 each step (``chroma``; a greyscale photo stays greyscale) come from ``runtime.budget_map``.
 
@@ -38,10 +40,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgecloak.errors import ModelError
+
 from .backends.base import SurrogateEngine
 from .budget_map import budget_map, chroma_direction, is_greyscale
 from .config import TIPIMConfig
-from .diversity import sample_augmentations, sample_jitter
+from .diversity import dropout_mask, sample_augmentations, sample_jitter
 from .face_region import FaceRegion
 from .mmd import mmd_gradient
 from .parallel import for_row_chunks
@@ -158,6 +162,17 @@ class RuntimeTIPIM:
         return all(float(emb[e.id][row] @ targets.embeddings[e.id][t]) - float(emb[e.id][row] @ real[e.id][0]) > margin
                    for e in self.engines)
 
+    def _feature_keep_buffers(self) -> dict[str, np.ndarray]:
+        """Per surrogate, the buffer its dropout masks are drawn into ({} when feature dropout is off)."""
+        if self.config.feature_dropout <= 0:
+            return {}
+        missing = [e.id for e in self.engines if not e.can_drop_features]
+        if missing:
+            raise ModelError(f"feature_dropout needs gradient graphs with a feature_keep input, and {', '.join(missing)} "
+                             "has none (a bundle exported before it, or the torch backend): re-export the bundle, "
+                             "or set feature_dropout to 0")
+        return {e.id: np.empty((1, e.files.feature_keep_size), np.float32) for e in self.engines}
+
     def settle(self, region: np.ndarray, face: FaceRegion, targets: TargetBank, start: np.ndarray) -> RuntimeResult:
         """No iterations: ``start`` projected into the budget around ``region`` (the ORIGINAL pixels
         [1,3,h,w]), rounded, and scored; for a start that needs no refinement (a cloak profile's
@@ -216,6 +231,7 @@ class RuntimeTIPIM:
         x_round = np.zeros_like(x0)
         x_smoothed = np.zeros_like(x0) if cfg.smooth_probability > 0 else None
         candidate_crops = {e.id: np.zeros((k, 3, sizes[e.id], sizes[e.id]), np.float32) for e in self.engines}
+        keeps = self._feature_keep_buffers()
         best_x, best_gain = x.copy(), -math.inf
         gains: list[float] = []
         held, winners = 0, []  # the target held between re-scorings, and the re-scorings' winners
@@ -239,7 +255,9 @@ class RuntimeTIPIM:
                 # a held-target step asks for that target's gradient alone: one VJP where the bundle
                 # has the single-target graph, instead of the K graph's K (runtime.backends.base)
                 cot = cotangents[e.id] if rescore else cotangents[e.id][:, held:held + 1]
-                _, grad = e.embed_and_grad(crop, cot)
+                keep = dropout_mask(cfg.feature_dropout, rng, keeps[e.id]) if keeps else None
+                clock.lap("other")
+                _, grad = e.embed_and_grad(crop, cot, keep)
                 clock.lap("graphs")
                 chosen = grad[0, :k] if rescore else grad[0, :1]
                 pulled_back = sampler.adjoint(chosen, out=pulled[:n])

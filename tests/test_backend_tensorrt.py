@@ -232,20 +232,29 @@ def test_cache_key_rejects_bad_components(field, value):
 S, D, K, MAX_B = 4, 6, 3, 5
 
 
-def _linear_graphs(folder: Path, seed: int = 0, k: int = K) -> tuple[Path, Path, np.ndarray]:
-    """A linear 'recognizer' e = flatten(x) @ W: its gradient graph (k cotangents) and embedding graph."""
+def _linear_graphs(folder: Path, seed: int = 0, k: int = K, feature_keep: bool = False) -> tuple[Path, Path, np.ndarray]:
+    """A linear 'recognizer' e = flatten(x) @ W: its gradient graph (k cotangents) and embedding graph.
+    ``feature_keep``: the gradient graph multiplies its one feature map (e itself) by a
+    ``feature_keep`` [1, D] input, as exported graphs do their convolution outputs."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((3 * S * S, D)).astype(np.float32)
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(w.T.copy(), "Wt"),
              numpy_helper.from_array(np.array([1, k, 3, S, S], np.int64), "gshape")]
+    if feature_keep:
+        forward = [helper.make_node("MatMul", ["xf", "W"], ["features"]),
+                   helper.make_node("Mul", ["features", "feature_keep"], ["embedding"]),
+                   helper.make_node("Mul", ["cotangents", "feature_keep"], ["kept"]),
+                   helper.make_node("MatMul", ["kept", "Wt"], ["gf"])]
+    else:
+        forward = [helper.make_node("MatMul", ["xf", "W"], ["embedding"]),
+                   helper.make_node("MatMul", ["cotangents", "Wt"], ["gf"])]
     grad = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["xf"], axis=1),
-         helper.make_node("MatMul", ["xf", "W"], ["embedding"]),
-         helper.make_node("MatMul", ["cotangents", "Wt"], ["gf"]),
+        [helper.make_node("Flatten", ["x"], ["xf"], axis=1), *forward,
          helper.make_node("Reshape", ["gf", "gshape"], ["grad"])],
         "grad",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, S, S]),
-         helper.make_tensor_value_info("cotangents", TensorProto.FLOAT, [1, k, D])],
+         helper.make_tensor_value_info("cotangents", TensorProto.FLOAT, [1, k, D]),
+         *([helper.make_tensor_value_info("feature_keep", TensorProto.FLOAT, [1, D])] if feature_keep else [])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, D]),
          helper.make_tensor_value_info("grad", TensorProto.FLOAT, [1, k, 3, S, S])],
         inits)
@@ -260,7 +269,7 @@ def _linear_graphs(folder: Path, seed: int = 0, k: int = K) -> tuple[Path, Path,
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.checker.check_model(model)
-        path = folder / f"lin{seed}.{name}{'' if k == K else k}.onnx"
+        path = folder / f"lin{seed}{'keep' if feature_keep else ''}.{name}{'' if k == K else k}.onnx"
         onnx.save(model, str(path))
         paths.append(path)
     return paths[0], paths[1], w
@@ -355,7 +364,7 @@ def make_fake_trt(version: str = "8.6.1", with_fp16: bool = True):
             return self.text
 
     class OnnxParser:
-        SUPPORTED = frozenset({"Flatten", "MatMul", "Reshape"})
+        SUPPORTED = frozenset({"Flatten", "MatMul", "Mul", "Reshape"})
 
         def __init__(self, network, logger):
             self.network, self.errors = network, []
@@ -636,6 +645,29 @@ def test_fake_single_target_graph_runs_the_held_steps(fake, linear, tmp_path):
         TensorRTBackend(cache_dir=tmp_path / "cache").load(dataclasses.replace(linear.files, held_grad_graph=linear.grad))
 
 
+def test_fake_feature_dropout_reaches_the_engine_and_does_not_linger(fake, tmp_path):
+    """Graphs with a feature_keep input: a call without a mask is the plain network (ones are sent
+    once, not on every call), a mask gives the dropped network's gradient, and the next call
+    without one is the plain network again."""
+    grad, embed, _ = _linear_graphs(tmp_path, feature_keep=True)
+    files = dataclasses.replace(_files(grad, embed), feature_keep_size=D)
+    engine = TensorRTBackend(cache_dir=tmp_path / "cache").load(files)
+    assert engine.can_drop_features
+    sess = ort.InferenceSession(str(grad), providers=["CPUExecutionProvider"])
+    crop, cot = _inputs()
+    ones = np.ones((1, D), np.float32)
+    mask = (np.random.default_rng(5).random((1, D)) >= 0.5).astype(np.float32) * 2
+
+    def want(keep):
+        return sess.run(None, {"x": crop, "cotangents": cot, "feature_keep": keep})[1]
+
+    for keep in (None, None, mask, None):
+        got = engine.embed_and_grad(crop, cot, keep)[1]
+        np.testing.assert_allclose(got, want(ones if keep is None else keep), rtol=1e-5, atol=1e-4)
+    assert not np.allclose(want(mask), want(ones))
+    engine.close()
+
+
 def test_fake_engine_cache(fake, linear, tmp_path):
     cache = tmp_path / "cache"
     first = TensorRTBackend(cache_dir=cache).load(linear.files)
@@ -765,8 +797,16 @@ def real_graphs(request, tmp_path_factory):
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(embed))
     files = SurrogateFiles(id="mobileface", input_size=rec.input_size, embedding_dim=rec.spec.embedding_dim,
-                           num_targets=REAL_K, max_batch=REAL_MAX_B, grad_graph=grad, embed_graph=embed)
+                           num_targets=REAL_K, max_batch=REAL_MAX_B, grad_graph=grad, embed_graph=embed,
+                           feature_keep_size=sum(gradgraph.feature_map_sizes(rec)))
     return files
+
+
+def _onnxruntime_gradient(files: SurrogateFiles, crop, cot, feature_keep=None):
+    """The ONNX Runtime reference on the same graph (the plain network unless a mask is given)."""
+    sess = ort.InferenceSession(str(files.grad_graph), providers=["CPUExecutionProvider"])
+    keep = np.ones((1, files.feature_keep_size), np.float32) if feature_keep is None else feature_keep
+    return sess.run(None, {"x": crop, "cotangents": cot, "feature_keep": keep})
 
 
 def _real_inputs(files: SurrogateFiles, batch: int = 1, seed: int = 0):
@@ -795,8 +835,7 @@ def test_real_fp32_matches_onnxruntime(real_graphs, tmp_path):
     try:
         crop, cot = _real_inputs(files)
         emb, grad = engine.embed_and_grad(crop, cot)
-        sess = ort.InferenceSession(str(files.grad_graph), providers=["CPUExecutionProvider"])
-        want_emb, want_grad = sess.run(None, {"x": crop, "cotangents": cot})
+        want_emb, want_grad = _onnxruntime_gradient(files, crop, cot)
         assert emb.shape == want_emb.shape and grad.shape == want_grad.shape
         # TF32 is on by default in TensorRT for fp32 engines on Ampere+: allow ~1e-3.
         assert _rel(emb, want_emb) < 2e-3, _rel(emb, want_emb)
@@ -821,12 +860,31 @@ def test_real_fp16_gradient_fidelity(real_graphs, tmp_path):
     try:
         crop, cot = _real_inputs(files)
         emb, grad = engine.embed_and_grad(crop, cot)
-        sess = ort.InferenceSession(str(files.grad_graph), providers=["CPUExecutionProvider"])
-        want_emb, want_grad = sess.run(None, {"x": crop, "cotangents": cot})
+        want_emb, want_grad = _onnxruntime_gradient(files, crop, cot)
         # judged by gradient fidelity, not embedding accuracy (docs/design.md)
         assert _cos(emb, want_emb) > 0.999
         assert _cos(grad, want_grad) > 0.99
         assert np.mean(np.sign(grad) == np.sign(want_grad)) > 0.95
+    finally:
+        engine.close()
+
+
+def test_real_feature_dropout_matches_onnxruntime_and_does_not_linger(real_graphs, tmp_path):
+    """A dropout mask reaches the engine (the gradient is the dropped network's, as in ONNX Runtime),
+    and the next call without one is the plain network again (ones are re-sent, not assumed)."""
+    from edgecloak.runtime.diversity import dropout_mask
+
+    files = real_graphs
+    engine = TensorRTBackend(cache_dir=tmp_path / "cache").load(files)
+    try:
+        crop, cot = _real_inputs(files)
+        plain = engine.embed_and_grad(crop, cot)[1].copy()
+        mask = dropout_mask(0.1, np.random.default_rng(0), np.empty((1, files.feature_keep_size), np.float32))
+        dropped = engine.embed_and_grad(crop, cot, mask)[1].copy()
+        want = _onnxruntime_gradient(files, crop, cot, mask)[1]
+        assert _rel(dropped, want) < 1e-2, _rel(dropped, want)
+        assert _rel(dropped, plain) > 0.1
+        assert _rel(engine.embed_and_grad(crop, cot)[1], plain) < 1e-6
     finally:
         engine.close()
 

@@ -21,6 +21,7 @@ from edgecloak.runtime.budget_map import (
     face_support,
     is_greyscale,
     jnd_weight,
+    texture_weight,
 )
 from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.face_region import FaceRegion
@@ -41,7 +42,7 @@ def _placed_landmarks(scale: float, angle_deg: float, cx: float, cy: float) -> n
 @given(
     h=st.integers(24, 96), w=st.integers(24, 96), seed=st.integers(0, 2**16),
     scale=st.floats(0.15, 1.2), angle=st.floats(-40, 40), fx=st.floats(0, 1), fy=st.floats(0, 1),
-    eps=st.floats(0.5, 32), support=st.sampled_from(["box", "face"]), perceptual=st.floats(0, 1),
+    eps=st.floats(0.5, 32), support=st.sampled_from(["box", "face", "head"]), perceptual=st.floats(0, 1),
 )
 def test_the_budget_bounds_every_pixel_by_eps(h, w, seed, scale, angle, fx, fy, eps, support, perceptual):
     """Any photo, any face placement (partly outside the photo too), any setting: the limit of every
@@ -56,6 +57,9 @@ def test_the_budget_bounds_every_pixel_by_eps(h, w, seed, scale, angle, fx, fy, 
     limit = budget_map(region, face, eps, support, perceptual)
     assert limit.shape == (1, 1, *face.region_hw) and limit.dtype == np.float32
     assert np.isfinite(limit).all() and limit.min() >= 0 and limit.max() <= np.float32(eps)
+    if support == "head":  # never more than the box's own fade allows
+        assert np.all(limit[0, 0] <= np.float32(eps) * face.edge_weight_map() + 1e-5
+                      + np.float32(eps) * face_support(face))
     if support == "face":
         m = alignment_matrix(landmarks, CropGeometry(112))
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
@@ -116,6 +120,22 @@ def test_nothing_outside_the_face_support_changes_and_every_pixel_keeps_its_limi
     assert outside.mean() > 0.2  # the region's corners are background
     assert not delta[0][:, outside].any()
     assert delta.max() > 0 and result.gains[-1] > result.gains[0]  # and the face is still cloaked
+
+
+def test_the_head_support_leaves_a_flat_background_alone_and_uses_the_hair(mobileface_bundle, sample_face):
+    """The sample photo: a flat blue background beside the face, hair above it. With the head
+    support no flat pixel outside the face's ellipse changes (no patterned rectangle), while textured
+    ones around the face (hair) still carry mask."""
+    result, pixels, region = _run(mobileface_bundle, sample_face, support="head")
+    delta = np.abs(result.region - pixels)[0].max(axis=0)
+    assert np.all(delta <= np.floor(budget_map(pixels, region, 12.0, "head")[0, 0]))
+    off_face = face_support(region) == 0
+    flat = off_face & (texture_weight(pixels) == 0)
+    textured = off_face & (texture_weight(pixels) > 0.5)
+    assert flat.mean() > 0.05 and textured.mean() > 0.05  # the photo has both around the face
+    assert not delta[flat].any()
+    assert delta[textured].mean() > 2.0
+    assert delta[~off_face].mean() > 4.0 and result.gains[-1] > result.gains[0]  # the face is cloaked
 
 
 def test_a_greyscale_photo_stays_greyscale(mobileface_bundle, sample_face):

@@ -220,6 +220,11 @@ MALFORMED = {
     "extra a list": _set("surrogates.0.extra", ["x"]),
     "grad_graph a number": _set("surrogates.0.grad_graph", 3),
     "precision a string": _set("surrogates.0.precision", "fp16"),
+    "shapes a list": _set("surrogates.0.shapes", [1]),
+    "feature_keep a number": _set("surrogates.0.shapes", {"feature_keep": 42}),
+    "feature_keep of batch 2": _set("surrogates.0.shapes", {"feature_keep": [2, 42]}),
+    "feature_keep empty": _set("surrogates.0.shapes", {"feature_keep": [1, 0]}),
+    "feature_keep huge": _set("surrogates.0.shapes", {"feature_keep": [1, 1 << 40]}),
     "failed precision without figures": _set("surrogates.0.precision", {"name": "int8", "passed": False}),
     "repeated surrogate": lambda m: {**m, "surrogates": m["surrogates"] * 2},
     "detector a string": _set("detector", "detector"),
@@ -260,6 +265,7 @@ PRESETS = {
     "diversity a list": b'{"diversity": [1, 2]}',
     "diversity unknown field": b'{"diversity": {"max_rotation_deg": 6, "spin": 1}}',
     "rescore_every 0": b'{"rescore_every": 0}',
+    "feature_dropout 0.9": b'{"feature_dropout": 0.9}',
     "not UTF-8": b'\xff\xfe{',
 }
 

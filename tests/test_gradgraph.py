@@ -1,4 +1,5 @@
-"""Gradient graphs (x, cotangents) -> (embedding, grad) exported to ONNX match torch autograd."""
+"""Gradient graphs (x, cotangents, feature_keep) -> (embedding, grad) exported to ONNX match torch
+autograd, for the plain network (feature_keep all ones) and with feature dropout."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from torch.overrides import TorchFunctionMode
+
 from edgecloak.export.bundle import cached_graph
-from edgecloak.export.gradgraph import check_tensorrt_ops, opset_of
+from edgecloak.export.gradgraph import check_tensorrt_ops, feature_map_sizes, opset_of
 
 # Gradient tolerance (relative L2, fp32, ORT graph vs torch autograd) per surrogate. faceres and
 # facenet-casia are inherently ill-conditioned at their ReLU6/ReLU kinks: the traced function matches
@@ -76,8 +79,9 @@ def test_gradient_graph_matches_autograd(model_id, recognizer, exported):
     want = want.numpy()
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == ["x", "cotangents"]
-    got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy()})
+    assert [i.name for i in sess.get_inputs()] == ["x", "cotangents", "feature_keep"]
+    ones = np.ones((1, sum(feature_map_sizes(rec))), np.float32)
+    got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy(), "feature_keep": ones})
     assert got.shape == (1, K, 3, s, s)
     rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     emb_err = float(np.abs(got_e - want_e).max())
@@ -93,8 +97,55 @@ def test_gradient_graph_is_opset17_checked_and_tensorrt_ready(model_id, exported
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert len(model.graph.initializer) > 0  # weights are initializers, not inputs
-    assert [i.name for i in model.graph.input] == ["x", "cotangents"]
+    assert [i.name for i in model.graph.input] == ["x", "cotangents", "feature_keep"]
     assert check_tensorrt_ops(path, "8.5") == []
+
+
+class _DropConvOutputs(TorchFunctionMode):
+    """The test's own reference for feature dropout: multiply each conv2d output, in call order, by
+    the next slice of ``keep`` (written independently of the exporter's tracing mode)."""
+
+    def __init__(self, keep: torch.Tensor):
+        super().__init__()
+        self.keep, self.used = keep, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.conv2d, torch.nn.functional.conv2d):
+            n = out[0].numel()
+            out = out * self.keep[:, self.used:self.used + n].reshape(1, *out.shape[1:])
+            self.used += n
+        return out
+
+
+def test_feature_dropout_in_the_graph_matches_autograd_of_the_dropped_network(recognizer, exported):
+    import onnxruntime as ort
+
+    rec = recognizer("mobileface")
+    path, _ = exported("mobileface")
+    s, d = rec.input_size, rec.spec.embedding_dim
+    x, v = image_like(s), cotangents(d)
+    size = sum(feature_map_sizes(rec))
+    g = torch.Generator().manual_seed(2)
+    keep = (torch.rand(1, size, generator=g) >= 0.1).float() / 0.9
+
+    xr = x.clone().requires_grad_(True)
+    mode = _DropConvOutputs(keep)
+    with mode:
+        emb = rec(xr)
+    assert mode.used == size  # feature_map_sizes covers every conv output, no more
+    want = torch.stack([torch.autograd.grad(emb, xr, v[:, k], retain_graph=True)[0] for k in range(K)], 1).numpy()
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy(), "feature_keep": keep.numpy()})
+    plain = sess.run(["grad"], {"x": x.numpy(), "cotangents": v.numpy(),
+                                "feature_keep": np.ones((1, size), np.float32)})[0]
+    rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    moved = float(np.linalg.norm(got - plain) / np.linalg.norm(plain))
+    print(f"dropped: grad rel L2 {rel:.2e}; the mask moved the gradient by {moved:.2f}")
+    assert rel <= MODELS["mobileface"] * 10
+    assert float(np.abs(got_e - emb.detach().numpy()).max()) <= 1e-5
+    assert moved > 0.1  # the mask is not ignored
 
 
 def test_check_tensorrt_ops_flags_unknown_op(tmp_path):

@@ -1,5 +1,6 @@
 """The loop's transfer techniques (gradient smoothing, a smoothed copy, normalised surrogate
-weighting): what each changes, that the budget still holds, and that off means the paper's loop."""
+weighting, feature dropout): what each changes, that the budget still holds, and that off means the
+paper's loop."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import numpy as np
 import pytest
 
 from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
+from edgecloak.errors import ModelError
+from edgecloak.runtime.backends.base import SurrogateFiles
 from edgecloak.runtime.config import TIPIMConfig
+from edgecloak.runtime.diversity import dropout_mask
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.smoothing import photo_pixels_per_face_pixel, smooth_planes
 from edgecloak.runtime.tipim import RuntimeTIPIM
@@ -52,7 +56,8 @@ def test_face_pixels_scale_with_the_eye_distance():
 
 
 @pytest.mark.parametrize("bad", [{"ti_sigma": -1.0}, {"smooth_probability": 1.5}, {"smooth_sigma": -0.1},
-                                 {"surrogate_weighting": "loudest"}])
+                                 {"surrogate_weighting": "loudest"}, {"feature_dropout": 0.6},
+                                 {"feature_dropout": -0.1}])
 def test_bad_technique_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TIPIMConfig(**bad)
@@ -67,7 +72,7 @@ def _run(bundle, sample_face, **settings):
     return result, pixels
 
 
-@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0},
+@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0}, {"feature_dropout": 0.1},
                                       {"surrogate_weighting": "normalised", "ti_sigma": 0.5,
                                        "smooth_probability": 0.5}])
 def test_each_technique_changes_the_mask_and_keeps_the_budget(mobileface_bundle, sample_face, settings):
@@ -99,3 +104,52 @@ def test_normalised_weighting_of_one_surrogate_is_the_paper_loop(mobileface_bund
     plain, _ = _run(mobileface_bundle, sample_face)
     normalised, _ = _run(mobileface_bundle, sample_face, surrogate_weighting="normalised")
     assert np.mean(plain.region != normalised.region) < 0.005
+
+
+@pytest.mark.parametrize("rate", [0.03, 0.1, 0.5])
+def test_dropout_masks_drop_their_share_and_keep_the_mean(rate):
+    out = np.empty((1, 200_000), np.float32)
+    mask = dropout_mask(rate, np.random.default_rng(0), out)
+    assert mask is out
+    dropped = round(rate * 256) / 256  # one random byte per value
+    values = np.unique(mask).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - dropped))
+    assert abs(float((mask == 0).mean()) - dropped) < 0.005
+    assert abs(float(mask.mean()) - 1.0) < 0.01  # inverted dropout: activations keep their scale
+    again = dropout_mask(rate, np.random.default_rng(0), np.empty_like(out))
+    assert np.array_equal(again, mask)  # the seed decides the masks
+
+
+def test_feature_dropout_is_seeded_and_leaves_the_engine_plain_afterwards(mobileface_bundle, sample_face):
+    """Same seed, same mask; and the engine's next call without a mask is the plain network again
+    (the dropped mask must not linger in its bound input)."""
+    first, _ = _run(mobileface_bundle, sample_face, feature_dropout=0.1)
+    second, _ = _run(mobileface_bundle, sample_face, feature_dropout=0.1)
+    assert np.array_equal(first.region, second.region)
+
+    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+    engine = protector.engines[0]
+    assert engine.can_drop_features
+    s, d = engine.files.input_size, engine.files.embedding_dim
+    rng = np.random.default_rng(3)
+    crop = (rng.random((1, 3, s, s)) * 255).astype(np.float32)
+    cot = rng.normal(size=(1, 1, d)).astype(np.float32)
+    plain = engine.embed_and_grad(crop, cot)[1].copy()
+    mask = dropout_mask(0.1, rng, np.empty((1, engine.files.feature_keep_size), np.float32))
+    dropped = engine.embed_and_grad(crop, cot, mask)[1].copy()
+    assert np.linalg.norm(dropped - plain) > 0.1 * np.linalg.norm(plain)
+    assert np.array_equal(engine.embed_and_grad(crop, cot)[1], plain)
+    with pytest.raises(ValueError, match="feature_keep shape"):
+        engine.embed_and_grad(crop, cot, mask[:, 1:])
+
+
+def test_feature_dropout_on_graphs_without_the_input_fails_with_one_line(mobileface_bundle, sample_face):
+    """A bundle exported before feature dropout (its graphs take no feature_keep) still protects, but
+    asking it for feature dropout is a ModelError that says to re-export, not a crash in the engine."""
+    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+    engine = protector.engines[0]
+    engine.files = SurrogateFiles(**{**engine.files.__dict__, "feature_keep_size": 0})
+    assert not engine.can_drop_features
+    targets, region, pixels = loop_inputs(protector, sample_face)
+    with pytest.raises(ModelError, match="re-export the bundle"):
+        RuntimeTIPIM(protector.engines, TIPIMConfig(steps=2, feature_dropout=0.1)).run(pixels, region, targets)

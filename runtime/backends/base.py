@@ -2,9 +2,10 @@
 
 TIP-IM needs two things from each surrogate recognizer, and nothing else:
 
-* ``embed_and_grad(crop, cotangents)``: the unit embedding of ONE aligned crop and the k input
-  gradients ``d <embedding, cotangents[k]> / d crop`` (one forward, k vector-Jacobian products),
-  for 1 <= k <= K;
+* ``embed_and_grad(crop, cotangents, feature_keep=None)``: the unit embedding of ONE aligned crop
+  and the k input gradients ``d <embedding, cotangents[k]> / d crop`` (one forward, k
+  vector-Jacobian products), for 1 <= k <= K; with ``feature_keep`` [1,F], of the network whose
+  convolution outputs are multiplied by it (a dropout mask: surrogate model augmentation);
 * ``embed(crops)``: unit embeddings of a batch of crops (to score the K candidate images).
 
 A backend turns the bundle's files for one surrogate into a ``SurrogateEngine``. The TIP-IM loop
@@ -12,7 +13,7 @@ A backend turns the bundle's files for one surrogate into a ``SurrogateEngine``.
 Runtime, TensorRT or torch runs the graphs.
 
 Shapes (float32, C-contiguous; pixels 0..255, RGB, NCHW):
-    crop       [1, 3, S, S]          cotangents [1, k, D]       (1 <= k <= K)
+    crop       [1, 3, S, S]          cotangents [1, k, D]       (1 <= k <= K)     feature_keep [1, F]
     embedding  [1, D]                grad       [1, k, 3, S, S]
     crops      [B, 3, S, S], 1 <= B <= max_batch   ->  embeddings [B, D]
 
@@ -40,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecloak.errors import ModelError
+
 
 @dataclass(frozen=True)
 class SurrogateFiles:
@@ -57,6 +60,8 @@ class SurrogateFiles:
     embed_graph: Path  # ONNX x [B,3,S,S] -> embedding [B,D]
     extra: dict[str, Path] = field(default_factory=dict)
     held_grad_graph: Path | None = None  # the same gradient graph with K = 1 (None: run the K graph)
+    # F of the gradient graphs' ``feature_keep`` input [1,F] (0: graphs without it, from older bundles)
+    feature_keep_size: int = 0
 
 
 class SurrogateEngine(ABC):
@@ -74,25 +79,41 @@ class SurrogateEngine(ABC):
         """Does a single-target step cost one VJP here (rather than the K graph's K)?"""
         return self.files.held_grad_graph is not None and self.files.num_targets > 1
 
-    def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(embedding [1,D], grad [1,k,3,S,S]) for crop [1,3,S,S] and cotangents [1,k,D], 1 <= k <= K."""
+    @property
+    def can_drop_features(self) -> bool:
+        """Do this engine's gradient graphs take a ``feature_keep`` input (feature dropout)?"""
+        return self.files.feature_keep_size > 0
+
+    def embed_and_grad(self, crop: np.ndarray, cotangents: np.ndarray,
+                       feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding [1,D], grad [1,k,3,S,S]) for crop [1,3,S,S] and cotangents [1,k,D], 1 <= k <= K;
+        ``feature_keep`` [1,F]: the convolution outputs' multipliers (None: the plain network)."""
         k, big_k = cotangents.shape[1], self.files.num_targets
         if not 1 <= k <= big_k:
             raise ValueError(f"{self.id}: {k} cotangents, but the gradient graph takes 1..{big_k}")
+        if feature_keep is not None:
+            if not self.can_drop_features:
+                raise ModelError(f"{self.id}: this engine's gradient graphs take no feature_keep input "
+                                 "(a bundle from before feature dropout, or the torch backend); re-export the bundle")
+            if feature_keep.shape != (1, self.files.feature_keep_size):
+                raise ValueError(f"{self.id}: feature_keep shape {feature_keep.shape}, "
+                                 f"expected (1, {self.files.feature_keep_size})")
         if k == 1 and self.has_held_graph:
-            return self._held_grad(crop, cotangents)
+            return self._held_grad(crop, cotangents, feature_keep)
         if k == big_k:
-            return self._grad(crop, cotangents)
+            return self._grad(crop, cotangents, feature_keep)
         padded = np.zeros((1, big_k, cotangents.shape[2]), np.float32)
         padded[:, :k] = cotangents
-        embedding, grad = self._grad(crop, padded)
+        embedding, grad = self._grad(crop, padded, feature_keep)
         return embedding, grad[:, :k]
 
     @abstractmethod
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
+              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The K gradient graph: (embedding [1,D], grad [1,K,3,S,S]) for cotangents [1,K,D]."""
 
-    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray,
+                   feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The single-target graph: (embedding [1,D], grad [1,1,3,S,S]) for cotangents [1,1,D]."""
         raise NotImplementedError(f"{type(self).__name__} cannot run a single-target gradient graph")
 

@@ -60,6 +60,10 @@ class OnnxRuntimeEngine(SurrogateEngine):
         self.provider = self.grad_session.get_providers()[0]
         self._on_cpu = self.provider == "CPUExecutionProvider"
         self._x = np.zeros((1, 3, s, s), np.float32)  # shared by both gradient graphs
+        # the convolution outputs' multipliers, shared by both gradient graphs: ones (the plain
+        # network) unless a call brings a dropout mask; None for graphs without the input
+        self._keep = np.ones((1, files.feature_keep_size), np.float32) if files.feature_keep_size else None
+        self._keep_is_ones = True
         self._emb = np.zeros((1, d), np.float32)
         self._grad_k = self._bound_grad(self.grad_session, k)
         self._grad_1 = self._bound_grad(_session(files.held_grad_graph, providers, opts), 1) \
@@ -73,7 +77,10 @@ class OnnxRuntimeEngine(SurrogateEngine):
         cot = np.zeros((1, k, f.embedding_dim), np.float32)
         grad = np.zeros((1, k, 3, f.input_size, f.input_size), np.float32)
         binding = session.io_binding()
-        self._bind(binding, {"x": self._x, "cotangents": cot}, {"embedding": self._emb, "grad": grad})
+        inputs = {"x": self._x, "cotangents": cot}
+        if self._keep is not None:
+            inputs["feature_keep"] = self._keep
+        self._bind(binding, inputs, {"embedding": self._emb, "grad": grad})
         return _BoundGradient(session, binding, cot, grad)
 
     def _bind(self, binding: ort.IOBinding, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
@@ -91,17 +98,26 @@ class OnnxRuntimeEngine(SurrogateEngine):
             for arr, value in zip(outputs, binding.get_outputs()):
                 np.copyto(arr, value.numpy())
 
-    def _run_grad(self, graph: "_BoundGradient", crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_grad(self, graph: "_BoundGradient", crop: np.ndarray, cotangents: np.ndarray,
+                  feature_keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(self._x, crop)
         np.copyto(graph.cotangents, cotangents)
+        if feature_keep is not None:
+            np.copyto(self._keep, feature_keep)
+            self._keep_is_ones = False
+        elif not self._keep_is_ones:  # back to the plain network after a dropped step
+            self._keep.fill(1.0)
+            self._keep_is_ones = True
         self._run(graph.session, graph.binding, [self._emb, graph.grad])
         return self._emb, graph.grad
 
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_k, crop, cotangents)
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
+              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_k, crop, cotangents, feature_keep)
 
-    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_1, crop, cotangents)
+    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray,
+                   feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_1, crop, cotangents, feature_keep)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         b = crops.shape[0]

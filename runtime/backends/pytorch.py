@@ -50,7 +50,12 @@ class TorchEngine(SurrogateEngine):
     def has_held_graph(self) -> bool:
         return True  # autograd takes any number of cotangents: one target costs one backward
 
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def can_drop_features(self) -> bool:
+        return False  # the torch program is the plain recognizer: no feature_keep input
+
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
+              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         k = cotangents.shape[1]
         x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device)

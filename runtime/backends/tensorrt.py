@@ -512,10 +512,14 @@ class _TrtGraph:
         self._shapes = {name: self.max_shapes[name] for name in (*inputs, *outputs)}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for ``feeds``; an input left out of ``feeds`` keeps the value last copied to the GPU
+        (a large input that rarely changes is not copied on every call)."""
         memory, context = self._memory, self._context
         with memory.activate():
             shapes_changed = False
             for name in self.inputs:
+                if name not in feeds:
+                    continue
                 arr = feeds[name]
                 if arr.shape != self._shapes[name]:
                     if not (self.dynamic[name] and context.set_input_shape(name, arr.shape)):
@@ -560,12 +564,17 @@ class TensorRTEngine(SurrogateEngine):
         self.description = description
         self.engine_files = engine_files  # {"grad": path, "embed": path[, "held_grad": path]} (None: not cached)
         self.from_cache = from_cache  # the same keys: whether each came from the engine cache
+        # the plain network's feature_keep, and the gradient graphs whose GPU copy of it is all ones
+        # (a dropout mask is copied with its call; ones are copied once, not on every call)
+        self._ones = np.ones((1, files.feature_keep_size), np.float32) if files.feature_keep_size else None
+        self._ones_on_device: set[int] = set()
 
     @property
     def has_held_graph(self) -> bool:
         return self._grad_1 is not None
 
-    def _run_grad(self, graph: _TrtGraph | None, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_grad(self, graph: _TrtGraph | None, crop: np.ndarray, cotangents: np.ndarray,
+                  feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         f = self.files
         s, k, d = f.input_size, cotangents.shape[1], f.embedding_dim
         if crop.shape != (1, 3, s, s):
@@ -574,14 +583,23 @@ class TensorRTEngine(SurrogateEngine):
             raise ValueError(f"{f.id}: cotangents shape {cotangents.shape}, expected (1, {k}, {d})")
         if graph is None or self._embed is None:
             raise EdgecloakError(f"{f.id}: TensorRT engine is closed")
-        out = graph.run({"x": crop, "cotangents": cotangents})
+        feeds = {"x": crop, "cotangents": cotangents}
+        if feature_keep is not None:
+            feeds["feature_keep"] = feature_keep
+            self._ones_on_device.discard(id(graph))
+        elif self._ones is not None and id(graph) not in self._ones_on_device:
+            feeds["feature_keep"] = self._ones
+            self._ones_on_device.add(id(graph))
+        out = graph.run(feeds)
         return out["embedding"], out["grad"]
 
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_k, crop, cotangents)
+    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
+              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_k, crop, cotangents, feature_keep)
 
-    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_1, crop, cotangents)
+    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray,
+                   feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._run_grad(self._grad_1, crop, cotangents, feature_keep)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         f = self.files
@@ -676,10 +694,11 @@ class TensorRTBackend(Backend):
         try:
             with memory.activate():
                 runtime = trt.Runtime(_trt_logger(trt))
-                grad = start("grad", files.grad_graph, 1, "gradient graph", GRAD_INPUTS, GRAD_OUTPUTS)
+                grad_inputs = GRAD_INPUTS + (("feature_keep",) if files.feature_keep_size else ())
+                grad = start("grad", files.grad_graph, 1, "gradient graph", grad_inputs, GRAD_OUTPUTS)
                 embed = start("embed", files.embed_graph, files.max_batch, "embedding graph", EMBED_INPUTS,
                               EMBED_OUTPUTS)
-                held = start("held_grad", held_path, 1, "single-target gradient graph", GRAD_INPUTS,
+                held = start("held_grad", held_path, 1, "single-target gradient graph", grad_inputs,
                              GRAD_OUTPUTS) if held_path else None
             self._check_shapes(files, grad, embed, held)
         except BaseException:
@@ -696,7 +715,10 @@ class TensorRTBackend(Backend):
         s, k, d, b = files.input_size, files.num_targets, files.embedding_dim, files.max_batch
 
         def gradient_shapes(k: int) -> dict[str, tuple[int, ...]]:
-            return {"x": (1, 3, s, s), "cotangents": (1, k, d), "embedding": (1, d), "grad": (1, k, 3, s, s)}
+            shapes = {"x": (1, 3, s, s), "cotangents": (1, k, d), "embedding": (1, d), "grad": (1, k, 3, s, s)}
+            if files.feature_keep_size:
+                shapes["feature_keep"] = (1, files.feature_keep_size)
+            return shapes
 
         want = {
             "gradient graph": (grad.max_shapes, gradient_shapes(k)),
