@@ -138,6 +138,9 @@ def _grid(quick: bool) -> list[BudgetPoint]:
                baseline="m+f+c-n16-r4"),
         _point(ALL_FIVE, 10, "transfer", "-r4", rescore_every=4, baseline="m+f+c-n16-r4"),
         _point(ALL_FIVE, 10, "transfer", "-r4-ti1", rescore_every=4, ti_sigma=1.0, baseline="m+f+c-n16-r4"),
+        # surrogate model augmentation (DFANet-style feature dropout); at 0.03 and 0.1 it cost
+        # cross-family protection in the first measurement (docs/transfer.md)
+        _point(mfc, 16, "transfer", "-r4-fd3", rescore_every=4, feature_dropout=0.03, baseline="m+f+c-n16-r4"),
         # what people see (runtime.budget_map): the mask on the face's ellipse only, then a perceptual
         # budget on it, then brightness-leaning steps; on the fast point and on the default's budget
         _point(m, 8, "quality", "-face", support="face"),
@@ -146,6 +149,9 @@ def _grid(quick: bool) -> list[BudgetPoint]:
         _point(mfc, 16, "quality", "-r4-face", rescore_every=4, support="face", baseline="m+f+c-n16-r4"),
         _point(mfc, 16, "quality", "-r4-face-p1", rescore_every=4, support="face", perceptual=1.0,
                baseline="m+f+c-n16-r4"),
+        # the face's ellipse plus the textured pixels around it (a flat background never changes)
+        _point(m, 32, "quality", "-head", support="head", baseline="m-n32"),
+        _point(mfc, 16, "quality", "-r4-head", rescore_every=4, support="head", baseline="m+f+c-n16-r4"),
         # the face's ellipse with half as many steps again, paid for by the single-target graphs
         _point(mfc, 24, "quality", "-r4-face", rescore_every=4, support="face", baseline="m+f+c-n16-r4"),
         # the default started from each user's cloak profile (enrolled with the default's own loop):

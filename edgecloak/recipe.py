@@ -164,7 +164,9 @@ def bundle_for(recipe: Recipe, with_torch: bool = False) -> Bundle:
     into ``$EDGECLOAK_HOME/bundles`` on first use and again when it is stale (with torch programs
     when ``with_torch``); a device runs the cached bundle as it is, or gets one ``ModelError`` line
     saying how to get one. The cached bundle holds the preset's own settings: overrides are applied
-    when it runs, so changing ``--steps`` never re-exports anything.
+    when it runs, so changing ``--steps`` never re-exports anything. The one exception is feature
+    dropout (``feature_dropout`` > 0): it needs gradient graphs with the feature_keep input, which
+    live in a bundle of their own (``...-dropout``).
 
     Example:
         >>> bundle_for(resolve("fast")).root.name          # doctest: +SKIP
@@ -173,14 +175,18 @@ def bundle_for(recipe: Recipe, with_torch: bool = False) -> Bundle:
     if recipe.bundle is not None:
         return Bundle.load(recipe.bundle)
     stored = _config(named_preset(recipe.preset).settings) if recipe.preset else TIPIMConfig()
+    # feature dropout needs gradient graphs with its input, which cost time on every call: a bundle
+    # of its own, only for recipes that drop features
+    dropping = recipe.config.feature_dropout > 0
     if export_extra_installed():
         # optional: the export extra (torch, onnx); a device never imports it
         from edgecloak.export.bundle import load_default_bundle
 
         return load_default_bundle(list(recipe.surrogates), recipe.num_targets, with_torch,
-                                   config=stored, recipe=recipe.entry)
+                                   config=stored, recipe=recipe.entry, feature_keep=dropping)
     custom = recipe.preset is None or recipe.surrogates != named_preset(recipe.preset).surrogates
-    return load_cached_bundle(list(recipe.surrogates), recipe.num_targets, recipe.preset, custom_surrogates=custom)
+    return load_cached_bundle(list(recipe.surrogates), recipe.num_targets, recipe.preset, custom_surrogates=custom,
+                              feature_keep=dropping)
 
 
 def export_extra_installed() -> bool:

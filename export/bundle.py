@@ -62,24 +62,28 @@ def _graph_key(model_id: str, kind: str, size: int, opset: int) -> str:
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
-def graph_keys(model_id: str, num_targets: int, opset: int) -> dict[str, str]:
+def graph_keys(model_id: str, num_targets: int, opset: int, feature_keep: bool = False) -> dict[str, str]:
     """The cache keys of one surrogate's graphs in a bundle with K = ``num_targets``: the K gradient
-    graph, the embedding graph and, when K > 1, the single-target gradient graph (``held_grad``)."""
-    keys = {kind: _graph_key(model_id, kind, num_targets, opset) for kind in ("grad", "embed")}
+    graph, the embedding graph and, when K > 1, the single-target gradient graph (``held_grad``);
+    with ``feature_keep``, gradient graphs that take the feature dropout input (kind ``grad-keep``)."""
+    grad = "grad-keep" if feature_keep else "grad"
+    keys = {"grad": _graph_key(model_id, grad, num_targets, opset),
+            "embed": _graph_key(model_id, "embed", num_targets, opset)}
     if num_targets > 1:
-        keys["held_grad"] = _graph_key(model_id, "grad", 1, opset)
+        keys["held_grad"] = _graph_key(model_id, grad, 1, opset)
     return keys
 
 
 def cached_graph(rec: Recognizer, kind: str, size: int, opset: int = 17) -> Path:
-    """The exported ``grad`` (K = size) or ``embed`` (max batch = size) graph, from the cache if current."""
+    """The exported ``grad`` (K = size), ``grad-keep`` (the same with the feature_keep input) or
+    ``embed`` (max batch = size) graph, from the cache if current."""
     path = edgecloak_home() / "graphs" / rec.id / f"{_graph_key(rec.id, kind, size, opset)}.{kind}.onnx"
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with staged_file(path) as tmp:
-        if kind == "grad":
-            export_gradient_graph(rec, tmp, num_targets=size, opset=opset)
+        if kind in ("grad", "grad-keep"):
+            export_gradient_graph(rec, tmp, num_targets=size, opset=opset, feature_keep=kind == "grad-keep")
         elif kind == "embed":
             export_embedding_graph(rec, tmp, max_batch=size, opset=opset)
         else:
@@ -103,10 +107,13 @@ def export_bundle(
     force: bool = False,
     progress: Progress | None = None,
     recipe: RecipeEntry | None = None,
+    feature_keep: bool | None = None,
 ) -> Path:
     """Export surrogates, detector, targets and preset into ``out_dir`` (written atomically).
 
     ``num_targets`` is K, fixed in the gradient graphs (the runtime may use fewer, never more).
+    ``feature_keep``: gradient graphs with the feature dropout input (default: when the preset
+    drops features; they cost about a tenth more time per call, so only then).
     ``with_torch`` adds a ``torch.export`` program per surrogate for the runtime's torch backend.
     ``recipe`` records the named preset ``preset`` comes from (name, self-check retries).
     An existing ``out_dir`` is replaced only with ``force``.
@@ -131,6 +138,9 @@ def export_bundle(
     preset_json = json.dumps(preset.to_dict(), indent=2, sort_keys=True)
     preset_from_json(preset_json.encode(), "the preset")  # refuse now what the runtime would refuse later
     ids = list(surrogates) if surrogates else default_surrogates()
+    if feature_keep is None:
+        feature_keep = preset.feature_dropout > 0
+    grad_kind = "grad-keep" if feature_keep else "grad"
     started = time.perf_counter()
 
     staging = out.with_name(f".{out.name}.exporting")
@@ -143,10 +153,10 @@ def export_bundle(
             rec = Recognizer.load(model_id)
             recognizers.append(rec)
             say(f"exporting {model_id} (gradient graph{f's, K={num_targets} and 1' if num_targets > 1 else ', K=1'})")
-            grad = cached_graph(rec, "grad", num_targets, opset)
+            grad = cached_graph(rec, grad_kind, num_targets, opset)
             embed = cached_graph(rec, "embed", num_targets, opset)
             # the steps towards one held target (most of a preset's steps) cost one VJP, not K
-            held = cached_graph(rec, "grad", 1, opset) if num_targets > 1 else None
+            held = cached_graph(rec, grad_kind, 1, opset) if num_targets > 1 else None
             entry = SurrogateEntry(
                 id=model_id,
                 input_size=rec.input_size,
@@ -157,12 +167,12 @@ def export_bundle(
                 grad_graph=f"surrogates/{model_id}.grad.onnx",
                 embed_graph=f"surrogates/{model_id}.embed.onnx",
                 shapes={"x": [1, 3, rec.input_size, rec.input_size], "cotangents": [1, num_targets, rec.spec.embedding_dim],
-                        "feature_keep": [1, sum(feature_map_sizes(rec))],
                         "embedding": [1, rec.spec.embedding_dim], "grad": [1, num_targets, 3, rec.input_size, rec.input_size],
-                        "embed_x": ["batch", 3, rec.input_size, rec.input_size]},
+                        "embed_x": ["batch", 3, rec.input_size, rec.input_size],
+                        **({"feature_keep": [1, sum(feature_map_sizes(rec))]} if feature_keep else {})},
                 source_sha256=converted_manifest(model_id)["source_sha256"],
                 # what the graphs were exported from (weights, converter, exporter, torch, K, opset)
-                graph_keys=graph_keys(model_id, num_targets, opset),
+                graph_keys=graph_keys(model_id, num_targets, opset, feature_keep),
                 tensorrt_unsupported_ops=check_tensorrt_ops(grad, "8.5"),
                 held_grad_graph=f"surrogates/{model_id}.grad1.onnx" if held else None,
             )
@@ -253,23 +263,24 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 def default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,
                    with_torch: bool = False, config: TIPIMConfig | None = None,
-                   recipe: RecipeEntry | None = None) -> Path:
+                   recipe: RecipeEntry | None = None, feature_keep: bool = False) -> Path:
     """The cached bundle's folder, exported on first use; see ``load_default_bundle``.
 
     Example:
         >>> default_bundle(["mobileface"], 10).name      # doctest: +SKIP
         'mobileface-k10'
     """
-    return load_default_bundle(surrogates, num_targets, with_torch, config, recipe).root
+    return load_default_bundle(surrogates, num_targets, with_torch, config, recipe, feature_keep).root
 
 
 def load_default_bundle(surrogates: Sequence[str] | None = None, num_targets: int | None = None,
                         with_torch: bool = False, config: TIPIMConfig | None = None,
-                        recipe: RecipeEntry | None = None) -> Bundle:
+                        recipe: RecipeEntry | None = None, feature_keep: bool = False) -> Bundle:
     """The cached bundle, loaded and verified; exported into the cache when missing or stale.
 
     ``config`` is the TIP-IM settings the bundle stores (default ``TIPIMConfig()``); ``recipe`` the
     preset it is made for (name and self-check retries), which also names its cache folder.
+    ``feature_keep``: gradient graphs with the feature dropout input (a folder of its own).
     Presets are resolved by the caller (``edgecloak.recipe.bundle_for`` does it for a recipe).
     Defaults: the default surrogates, K 10. Lives in ``$EDGECLOAK_HOME/bundles``
     (``runtime.bundle_cache.cached_bundle_path``); exported again when it no longer verifies or is
@@ -283,7 +294,7 @@ def load_default_bundle(surrogates: Sequence[str] | None = None, num_targets: in
     config = config or TIPIMConfig()
     ids = list(surrogates) if surrogates else default_surrogates()
     k = num_targets or 10
-    path = cached_bundle_path(ids, k, None if recipe is None else recipe.name, with_torch)
+    path = cached_bundle_path(ids, k, None if recipe is None else recipe.name, with_torch, feature_keep)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may ask for the same bundle at once
@@ -291,19 +302,19 @@ def load_default_bundle(surrogates: Sequence[str] | None = None, num_targets: in
             try:
                 # verified here too (not only when the runtime loads it): a damaged cache re-exports
                 bundle = Bundle.load(path)
-                if is_current(bundle, ids, k, config, recipe):
+                if is_current(bundle, ids, k, config, recipe, feature_keep):
                     return bundle
             except (ModelError, KeyError):  # KeyError: a converted model's own manifest lacks a field
                 pass  # stale or damaged: export again
             shutil.rmtree(path)
-        export_bundle(path, ids, config, num_targets=k, with_torch=with_torch, recipe=recipe)
+        export_bundle(path, ids, config, num_targets=k, with_torch=with_torch, recipe=recipe, feature_keep=feature_keep)
         return Bundle.load(path)
 
 
 def is_current(bundle: Bundle, surrogates: Sequence[str], num_targets: int, config: TIPIMConfig | None = None,
-               recipe: RecipeEntry | None = None) -> bool:
-    """Is this the bundle asked for (surrogates, K, settings, recipe), with graphs exported from
-    today's weights, converters, exporter and torch?
+               recipe: RecipeEntry | None = None, feature_keep: bool = False) -> bool:
+    """Is this the bundle asked for (surrogates, K, settings, recipe, graphs with or without the
+    feature dropout input), with graphs exported from today's weights, converters, exporter and torch?
 
     Example:
         >>> is_current(Bundle.load(default_bundle(preset="fast")), ["mobileface"], 10)   # doctest: +SKIP
@@ -314,7 +325,7 @@ def is_current(bundle: Bundle, surrogates: Sequence[str], num_targets: int, conf
         return False
     if (config is not None and bundle.preset != config) or m.recipe != recipe:
         return False
-    return all(entry.graph_keys == graph_keys(entry.id, num_targets, m.opset) for entry in m.surrogates)
+    return all(entry.graph_keys == graph_keys(entry.id, num_targets, m.opset, feature_keep) for entry in m.surrogates)
 
 
 def _export_torch_program(rec: Recognizer, path: Path, max_batch: int) -> None:

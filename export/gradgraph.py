@@ -17,12 +17,15 @@ kink conventions included). Measured in ONNX Runtime on 2 CPU cores, K = 10: mob
 The exporter emits opset 18; for opset 17 (TensorRT 8.5/8.6) we move the Reduce* ``axes`` input
 back to an attribute (``onnx.version_converter`` produces an invalid model here).
 
-Shapes are fixed: B = 1 (``x`` [1,3,S,S], ``cotangents`` [1,K,D], ``feature_keep`` [1,F]), K = ``num_targets``.
+Shapes are fixed: B = 1 (``x`` [1,3,S,S], ``cotangents`` [1,K,D], ``feature_keep`` [1,F] when
+exported with it), K = ``num_targets``.
 
 Surrogate model augmentation (DFANet-style dropout on feature maps) needs the graph's network to
 change from call to call without a re-export, and inference engines have no random numbers that a
-seed could reproduce. So every convolution's output is multiplied by a slice of the ``feature_keep``
-input: the runtime feeds ones (the plain network) or a fresh dropout mask per step.
+seed could reproduce. So a graph exported with ``feature_keep=True`` multiplies every convolution's
+output (before its bias) by a slice of a ``feature_keep`` input, which the runtime feeds with a fresh
+dropout mask per step (or ones: the plain network). The multiplies cost about a tenth of faceres's
+graph time, so only bundles whose recipe drops features get such graphs.
 
 Example:
     >>> rec = Recognizer.load("mobileface")                                   # doctest: +SKIP
@@ -51,9 +54,10 @@ from edgecloak.errors import ModelError
 
 from .recognizers import Recognizer
 
-EXPORTER_VERSION = ("gradgraph-3 (make_fx + vmap(vjp), K-batched conv/activation backward, B=1 fixed, "
-                    "feature_keep on every conv output)")
-# the gradient graph's inputs, in order
+# graphs with the feature_keep input are their own kind in the export cache (``grad-keep``), so the
+# plain graphs this version writes are gradgraph-2's, and caches of them stay current
+EXPORTER_VERSION = "gradgraph-2 (make_fx + vmap(vjp), K-batched conv/activation backward, B=1 fixed)"
+# the gradient graph's inputs, in order (the last only in graphs exported with feature_keep=True)
 GRADIENT_INPUTS = ("x", "cotangents", "feature_keep")
 
 aten = torch.ops.aten
@@ -188,10 +192,10 @@ class _Conv2dInputGrad(torch.autograd.Function):
         return _ConvInputGradient.apply(grad, weight, *ctx.spec), None, None, None, None, None, None
 
 
-def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    if isinstance(padding, str) or x.dim() != 4:
-        return torch.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return _Conv2dInputGrad.apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
+def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if isinstance(padding, str) or input.dim() != 4:
+        return torch.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return _Conv2dInputGrad.apply(input, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups)
 
 
 def _masked(x: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -210,9 +214,10 @@ class _BatchableBackward(TorchFunctionMode):
     over the K cotangents. Values are unchanged, and so are the gradients, including each op's
     convention at its kinks (relu/hardtanh: strict, clamp: inclusive, prelu: slope at 0).
 
-    ``feature_keep`` ([1, F], optional): every convolution's output, in call order, is multiplied
-    by the next ``C*H*W`` values of it, reshaped to the output (surrogate model augmentation: the
-    runtime feeds random dropout masks, or ones for the plain network; ``feature_map_sizes``).
+    ``feature_keep`` ([1, F], optional): every convolution's output (before its bias), in call
+    order, is multiplied by the next ``C*H*W`` values of it, reshaped to the output (surrogate
+    model augmentation: the runtime feeds random dropout masks, or ones for the plain network;
+    ``feature_map_sizes``).
     """
 
     def __init__(self, feature_keep: torch.Tensor | None = None):
@@ -231,8 +236,16 @@ class _BatchableBackward(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (torch.conv2d, F.conv2d):
-            out = _conv2d(*args, **kwargs)
-            return out if self.feature_keep is None else self._keep(out)
+            if self.feature_keep is None:
+                return _conv2d(*args, **kwargs)
+            # the mask multiplies the convolution's own output and the bias is added after it: a
+            # batch norm folded into the bias (faceres, FaceNet) then behaves as in DFANet, where
+            # dropout sits between a bias-free convolution and its batch norm (dropping a unit moves
+            # it to the norm's shift, not to 0, which would push the next layers off their range)
+            call = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args), **kwargs)
+            bias = call.pop("bias", None)
+            out = self._keep(_conv2d(**call))
+            return out if bias is None else out + bias.reshape(1, -1, *([1] * (out.dim() - 2)))
         if func in (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_):
             x = args[0]
             return _masked(x, torch.relu(x), x > 0)
@@ -290,34 +303,42 @@ def feature_map_sizes(rec: Recognizer) -> list[int]:
     return [math.prod(shape) for shape in maps.shapes]
 
 
-def _gradient_fn(rec: Recognizer):
-    def fn(x: torch.Tensor, cotangents: torch.Tensor, feature_keep: torch.Tensor):
-        mode = batchable_backward(feature_keep)
+def _gradient_fn(rec: Recognizer, feature_keep: bool = False):
+    def grad_of(x: torch.Tensor, cotangents: torch.Tensor, keep: torch.Tensor | None):
+        mode = batchable_backward(keep)
         with mode:
             emb, vjp = torch.func.vjp(rec, x)
             # [K,B,D] cotangents: one VJP each over the single forward above, vmapped so that
             # every backward op runs once on a batch of K (functorch's vmap: batching rules,
             # where autograd's is_grads_batched falls back to a loop over K)
             (grad,) = torch.vmap(vjp)(cotangents.transpose(0, 1))
-        if mode.used != feature_keep.shape[1]:
-            raise ModelError(f"feature_keep has {feature_keep.shape[1]} values; the feature maps use {mode.used}")
+        if keep is not None and mode.used != keep.shape[1]:
+            raise ModelError(f"feature_keep has {keep.shape[1]} values; the feature maps use {mode.used}")
         return emb.detach(), grad.transpose(0, 1)
 
-    return fn
+    # make_fx traces every parameter of the function it is given: one signature per graph form
+    def fn(x: torch.Tensor, cotangents: torch.Tensor):
+        return grad_of(x, cotangents, None)
+
+    def fn_keep(x: torch.Tensor, cotangents: torch.Tensor, feature_keep: torch.Tensor):
+        return grad_of(x, cotangents, feature_keep)
+
+    return fn_keep if feature_keep else fn
 
 
-def gradient_inputs(rec: Recognizer, num_targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Example inputs of the gradient graph: x [1,3,S,S], cotangents [1,K,D], feature_keep [1,F] (ones)."""
+def gradient_inputs(rec: Recognizer, num_targets: int, feature_keep: bool = False) -> tuple[torch.Tensor, ...]:
+    """Example inputs of the gradient graph: x [1,3,S,S], cotangents [1,K,D] and, with
+    ``feature_keep``, feature_keep [1,F] (ones)."""
     s, d = rec.input_size, rec.spec.embedding_dim
-    return (torch.rand(1, 3, s, s) * 255, torch.randn(1, num_targets, d),
-            torch.ones(1, sum(feature_map_sizes(rec))))
+    inputs = (torch.rand(1, 3, s, s) * 255, torch.randn(1, num_targets, d))
+    return (*inputs, torch.ones(1, sum(feature_map_sizes(rec)))) if feature_keep else inputs
 
 
-def trace_gradient_fn(rec: Recognizer, num_targets: int = 10) -> torch.fx.GraphModule:
-    """The (x, cotangents, feature_keep) -> (embedding, grad) function as a plain aten GraphModule (B = 1)."""
+def trace_gradient_fn(rec: Recognizer, num_targets: int = 10, feature_keep: bool = False) -> torch.fx.GraphModule:
+    """The (x, cotangents[, feature_keep]) -> (embedding, grad) function as a plain aten GraphModule (B = 1)."""
     rec = rec.eval()
-    return make_fx(_gradient_fn(rec), decomposition_table=_decompositions(),
-                   tracing_mode="real")(*gradient_inputs(rec, num_targets))
+    return make_fx(_gradient_fn(rec, feature_keep), decomposition_table=_decompositions(),
+                   tracing_mode="real")(*gradient_inputs(rec, num_targets, feature_keep))
 
 
 def _const_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
@@ -377,10 +398,11 @@ def _to_opset17(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10, opset: int = 17) -> Path:
-    """Write the (x [1,3,S,S] 0..255, cotangents [1,K,D], feature_keep [1,F]) -> (embedding [1,D],
-    grad [1,K,3,S,S]) graph. ``feature_keep`` multiplies the convolutions' outputs (``feature_map_sizes``):
-    ones give the plain network, random dropout masks an augmented surrogate.
+def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10, opset: int = 17,
+                          feature_keep: bool = False) -> Path:
+    """Write the (x [1,3,S,S] 0..255, cotangents [1,K,D]) -> (embedding [1,D], grad [1,K,3,S,S]) graph.
+    With ``feature_keep``, a third input feature_keep [1,F] multiplies the convolutions' outputs
+    (``feature_map_sizes``): ones give the plain network, random dropout masks an augmented surrogate.
 
     ``opset`` 17 is produced by down-converting the exporter's opset 18; 18+ is passed to the exporter.
     Weights are initializers in a single file; the model is checked with ``onnx.checker`` (full check).
@@ -388,11 +410,11 @@ def export_gradient_graph(rec: Recognizer, out_path: Path, num_targets: int = 10
     if opset < 17:
         raise ValueError(f"opset {opset} unsupported (17 or newer)")
     out_path = Path(out_path)
-    gm = trace_gradient_fn(rec, num_targets).eval()
-    args = gradient_inputs(rec, num_targets)
+    gm = trace_gradient_fn(rec, num_targets, feature_keep).eval()
+    args = gradient_inputs(rec, num_targets, feature_keep)
     with quiet_exporter():
         program = torch.onnx.export(gm, args, dynamo=True, opset_version=max(opset, 18),
-                                    input_names=list(GRADIENT_INPUTS), output_names=["embedding", "grad"],
+                                    input_names=list(GRADIENT_INPUTS[:len(args)]), output_names=["embedding", "grad"],
                                     optimize=True, verbose=False)
     return _finish(program, out_path, opset)
 

@@ -4,9 +4,9 @@ A bundle is a folder written by ``edgecloak export`` (``edgecloak.export.bundle`
 
     bundle/
       manifest.json                what follows, with the sha256 of every file
-      surrogates/<id>.grad.onnx    (x [1,3,S,S], cotangents [1,K,D], feature_keep [1,F]) -> (embedding, grad)
-                                   (feature_keep, the convolution outputs' multipliers, is absent
-                                   from bundles exported before feature dropout)
+      surrogates/<id>.grad.onnx    (x [1,3,S,S], cotangents [1,K,D]) -> (embedding, grad); in bundles
+                                   whose preset drops features, a third input feature_keep [1,F]
+                                   (the convolution outputs' multipliers, shapes.feature_keep)
       surrogates/<id>.grad1.onnx   the same with K = 1: the loop's steps towards one held target
                                    (optional; without it those steps run the K graph)
       surrogates/<id>.embed.onnx   x [B,3,S,S] -> embedding [B,D]
@@ -187,8 +187,8 @@ class SurrogateEntry:
 
     @property
     def feature_keep_size(self) -> int:
-        """Length F of the gradient graphs' ``feature_keep`` input (0: bundles from before it, whose
-        graphs take none and cannot run feature dropout).
+        """Length F of the gradient graphs' ``feature_keep`` input (0: graphs without it, which cannot
+        run feature dropout: a preset that does not drop features, or a bundle from before it).
 
         Example:
             >>> SurrogateEntry("m", 112, 1.0, 128, 10, "g", "e", shapes={"feature_keep": [1, 42]}).feature_keep_size

@@ -39,19 +39,22 @@ def bundle_cache_dir() -> Path:
 
 
 def cached_bundle_path(surrogates: Sequence[str], num_targets: int, preset: str | None = None,
-                       with_torch: bool = False) -> Path:
-    """The cache folder of the bundle for ``preset`` (or no preset) on these surrogates and K.
+                       with_torch: bool = False, feature_keep: bool = False) -> Path:
+    """The cache folder of the bundle for ``preset`` (or no preset) on these surrogates and K
+    (``feature_keep``: its gradient graphs take the feature dropout input).
 
     Example:
         >>> cached_bundle_path(["mobileface", "faceres"], 10).name
         'mobileface+faceres-k10'
+        >>> cached_bundle_path(["mobileface"], 10, "fast", feature_keep=True).name
+        'fast-mobileface-k10-dropout'
     """
-    name = f"{'+'.join(surrogates)}-k{num_targets}{'-torch' if with_torch else ''}"
+    name = f"{'+'.join(surrogates)}-k{num_targets}{'-torch' if with_torch else ''}{'-dropout' if feature_keep else ''}"
     return bundle_cache_dir() / (f"{preset}-{name}" if preset else name)
 
 
 def load_cached_bundle(surrogates: Sequence[str], num_targets: int, preset: str | None = None,
-                       custom_surrogates: bool = False) -> Bundle:
+                       custom_surrogates: bool = False, feature_keep: bool = False) -> Bundle:
     """The cached bundle, verified, used as it is: what a device without the export extra runs.
 
     Raises ``ModelError`` with one line that says which bundle is missing (or why it is refused)
@@ -62,14 +65,14 @@ def load_cached_bundle(surrogates: Sequence[str], num_targets: int, preset: str 
         >>> load_cached_bundle(["mobileface"], 10, preset="fast").recipe   # doctest: +SKIP
         RecipeEntry(name='fast', retries=1)
     """
-    path = cached_bundle_path(surrogates, num_targets, preset)
+    path = cached_bundle_path(surrogates, num_targets, preset, feature_keep=feature_keep)
     if (path / "manifest.json").is_file():
         try:
             bundle = Bundle.load(path)
         except ModelError as exc:
             problem = f"the cached one is refused: {exc}"
         else:
-            mismatch = _mismatch(bundle, surrogates, num_targets, preset)
+            mismatch = _mismatch(bundle, surrogates, num_targets, preset, feature_keep)
             if mismatch is None:
                 return bundle
             problem = (f"the cached one in {path} is refused: its manifest does not match its folder name "
@@ -82,12 +85,16 @@ def load_cached_bundle(surrogates: Sequence[str], num_targets: int, preset: str 
         command += f" --surrogates {','.join(surrogates)}"
     if not preset:  # a preset's bundle has the preset's K
         command += f" -k {num_targets}"
+    if feature_keep:
+        command += " --feature-dropout P"
+        what += " with feature dropout"
     raise ModelError(f"no cloak bundle for {what} ({problem}); export one on a workstation with "
                      f"`{command} -o DIR` and pass --bundle DIR, or install the export extra here: "
                      "pip install 'edgecloak[export]'")
 
 
-def _mismatch(bundle: Bundle, surrogates: Sequence[str], num_targets: int, preset: str | None) -> str | None:
+def _mismatch(bundle: Bundle, surrogates: Sequence[str], num_targets: int, preset: str | None,
+              feature_keep: bool = False) -> str | None:
     """What in ``bundle``'s manifest differs from the preset, surrogates and K asked for; None when all agree.
 
     Example:
@@ -105,4 +112,6 @@ def _mismatch(bundle: Bundle, surrogates: Sequence[str], num_targets: int, prese
         differences.append(f"surrogates {','.join(ids)} where the name says {','.join(surrogates)}")
     if m.num_targets != num_targets:
         differences.append(f"K {m.num_targets} where the name says {num_targets}")
+    if feature_keep and not all(s.feature_keep_size for s in m.surrogates):
+        differences.append("gradient graphs without the feature dropout input where the name says -dropout")
     return "; ".join(differences) or None

@@ -1,7 +1,7 @@
 """Make the README's before / after / difference-x10 figure from a real shipped photo.
 
-Usage: python scripts/make_readme_figure.py [--steps N] [--out docs/before_after.png]
-The default preset, as users get it.
+Usage: python scripts/make_readme_figure.py [--steps N] [--support S] [--out docs/before_after.png]
+The default preset, as users get it (``--steps`` / ``--support`` override its settings).
 The photo (Grace Hopper, public domain, shipped in matplotlib's wheel) is fetched like the models.
 """
 
@@ -30,10 +30,12 @@ def panel(image: np.ndarray, label: str) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=None, help="iterations (default: the default preset's)")
+    parser.add_argument("--support", default=None, help="where the mask may live (default: the default preset's)")
     parser.add_argument("--out", type=Path, default=Path("docs/before_after.png"))
     args = parser.parse_args()
     image = load_image(sample_photo())
-    result = Cloaker.load(**({"steps": args.steps} if args.steps else {})).protect(image)
+    settings = {k: v for k, v in (("steps", args.steps), ("support", args.support)) if v is not None}
+    result = Cloaker.load(**settings).protect(image)
     x0, y0, x1, y1 = grown_box(result.faces[0].box, image.shape, margin=1 / 3)
     before, after = image[y0:y1, x0:x1], result.image[y0:y1, x0:x1]
     diff = difference_x10(before, after)

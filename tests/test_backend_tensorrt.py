@@ -783,7 +783,7 @@ def real_graphs(request, tmp_path_factory):
 
     rec = request.getfixturevalue("recognizer")("mobileface")
     folder = tmp_path_factory.mktemp("trt-graphs")
-    grad = gradgraph.export_gradient_graph(rec, folder / "mobileface.grad.onnx", num_targets=REAL_K)
+    grad = gradgraph.export_gradient_graph(rec, folder / "mobileface.grad.onnx", num_targets=REAL_K, feature_keep=True)
     embed = folder / "mobileface.embed.onnx"
     if hasattr(gradgraph, "export_embedding_graph"):
         gradgraph.export_embedding_graph(rec, embed, max_batch=REAL_MAX_B)

@@ -79,9 +79,8 @@ def test_gradient_graph_matches_autograd(model_id, recognizer, exported):
     want = want.numpy()
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == ["x", "cotangents", "feature_keep"]
-    ones = np.ones((1, sum(feature_map_sizes(rec))), np.float32)
-    got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy(), "feature_keep": ones})
+    assert [i.name for i in sess.get_inputs()] == ["x", "cotangents"]
+    got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy()})
     assert got.shape == (1, K, 3, s, s)
     rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     emb_err = float(np.abs(got_e - want_e).max())
@@ -97,32 +96,42 @@ def test_gradient_graph_is_opset17_checked_and_tensorrt_ready(model_id, exported
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert len(model.graph.initializer) > 0  # weights are initializers, not inputs
-    assert [i.name for i in model.graph.input] == ["x", "cotangents", "feature_keep"]
+    assert [i.name for i in model.graph.input] == ["x", "cotangents"]
     assert check_tensorrt_ops(path, "8.5") == []
 
 
 class _DropConvOutputs(TorchFunctionMode):
-    """The test's own reference for feature dropout: multiply each conv2d output, in call order, by
-    the next slice of ``keep`` (written independently of the exporter's tracing mode)."""
+    """The test's own reference for feature dropout: multiply each conv2d output before its bias, in
+    call order, by the next slice of ``keep`` (written independently of the exporter's tracing mode)."""
 
     def __init__(self, keep: torch.Tensor):
         super().__init__()
         self.keep, self.used = keep, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func in (torch.conv2d, torch.nn.functional.conv2d):
-            n = out[0].numel()
-            out = out * self.keep[:, self.used:self.used + n].reshape(1, *out.shape[1:])
-            self.used += n
-        return out
+        kwargs = kwargs or {}
+        if func not in (torch.conv2d, torch.nn.functional.conv2d):
+            return func(*args, **kwargs)
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        out = func(args[0], args[1], None, *args[3:], **{k: v for k, v in kwargs.items() if k != "bias"})
+        n = out[0].numel()
+        out = out * self.keep[:, self.used:self.used + n].reshape(1, *out.shape[1:])
+        self.used += n
+        return out if bias is None else out + bias[None, :, None, None]
 
 
-def test_feature_dropout_in_the_graph_matches_autograd_of_the_dropped_network(recognizer, exported):
+@pytest.mark.parametrize("model_id", ["mobileface", "facenet-casia"])  # convolutions without and with bias
+def test_feature_dropout_in_the_graph_matches_autograd_of_the_dropped_network(model_id, recognizer):
+    """The graph with the feature_keep input: a random mask gives autograd's gradient of the network
+    with that mask on its convolution outputs, ones give the plain network's, and it still imports
+    into TensorRT's op set."""
     import onnxruntime as ort
 
-    rec = recognizer("mobileface")
-    path, _ = exported("mobileface")
+    rec = recognizer(model_id)
+    path = cached_graph(rec, "grad-keep", K)
+    assert [i.name for i in onnx.load(str(path), load_external_data=False).graph.input] == \
+        ["x", "cotangents", "feature_keep"]
+    assert check_tensorrt_ops(path, "8.5") == []
     s, d = rec.input_size, rec.spec.embedding_dim
     x, v = image_like(s), cotangents(d)
     size = sum(feature_map_sizes(rec))
@@ -140,10 +149,15 @@ def test_feature_dropout_in_the_graph_matches_autograd_of_the_dropped_network(re
     got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy(), "feature_keep": keep.numpy()})
     plain = sess.run(["grad"], {"x": x.numpy(), "cotangents": v.numpy(),
                                 "feature_keep": np.ones((1, size), np.float32)})[0]
+    xr = x.clone().requires_grad_(True)
+    emb_plain = rec(xr)
+    want_plain = torch.stack([torch.autograd.grad(emb_plain, xr, v[:, k], retain_graph=True)[0]
+                              for k in range(K)], 1).numpy()
+    assert float(np.linalg.norm(plain - want_plain) / np.linalg.norm(want_plain)) <= MODELS[model_id]
     rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     moved = float(np.linalg.norm(got - plain) / np.linalg.norm(plain))
     print(f"dropped: grad rel L2 {rel:.2e}; the mask moved the gradient by {moved:.2f}")
-    assert rel <= MODELS["mobileface"] * 10
+    assert rel <= MODELS[model_id] * 10 if model_id == "mobileface" else rel <= MODELS[model_id]
     assert float(np.abs(got_e - emb.detach().numpy()).max()) <= 1e-5
     assert moved > 0.1  # the mask is not ignored
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
 from edgecloak.errors import ModelError
-from edgecloak.runtime.backends.base import SurrogateFiles
+from edgecloak.runtime.bundle import Bundle
 from edgecloak.runtime.config import TIPIMConfig
 from edgecloak.runtime.diversity import dropout_mask
 from edgecloak.runtime.protector import RuntimeProtector
@@ -19,6 +19,15 @@ from edgecloak.errors import UsageError
 from edgecloak.recipe import resolve
 
 from test_runtime import loop_inputs, mobileface_bundle, sample_face  # noqa: F401  (session fixtures)
+
+
+@pytest.fixture(scope="session")
+def dropout_bundle(tmp_path_factory):
+    """A real mobileface bundle (K 10) whose preset drops features: graphs with feature_keep."""
+    from edgecloak.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "mobileface-dropout"
+    return export_bundle(out, ["mobileface"], TIPIMConfig(steps=10, feature_dropout=0.1), num_targets=10)
 
 
 def test_smooth_planes_blurs_each_plane_alone_and_in_place():
@@ -72,7 +81,7 @@ def _run(bundle, sample_face, **settings):
     return result, pixels
 
 
-@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0}, {"feature_dropout": 0.1},
+@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0},
                                       {"surrogate_weighting": "normalised", "ti_sigma": 0.5,
                                        "smooth_probability": 0.5}])
 def test_each_technique_changes_the_mask_and_keeps_the_budget(mobileface_bundle, sample_face, settings):
@@ -120,14 +129,36 @@ def test_dropout_masks_drop_their_share_and_keep_the_mean(rate):
     assert np.array_equal(again, mask)  # the seed decides the masks
 
 
-def test_feature_dropout_is_seeded_and_leaves_the_engine_plain_afterwards(mobileface_bundle, sample_face):
-    """Same seed, same mask; and the engine's next call without a mask is the plain network again
-    (the dropped mask must not linger in its bound input)."""
-    first, _ = _run(mobileface_bundle, sample_face, feature_dropout=0.1)
-    second, _ = _run(mobileface_bundle, sample_face, feature_dropout=0.1)
-    assert np.array_equal(first.region, second.region)
+def test_feature_dropout_changes_the_mask_keeps_the_budget_and_is_seeded(dropout_bundle, mobileface_bundle,
+                                                                         sample_face):
+    plain, pixels = _run(mobileface_bundle, sample_face)
+    first, _ = _run(dropout_bundle, sample_face, feature_dropout=0.1)
+    second, _ = _run(dropout_bundle, sample_face, feature_dropout=0.1)
+    assert np.array_equal(first.region, second.region)  # the seed decides every mask
+    assert np.abs(first.region - pixels).max() <= 12 and np.mean(first.region != plain.region) > 0.05
+    assert first.gains[-1] > first.gains[0]
+    # the same graphs fed ones are the plain network: the plain loop's result, pixel for pixel
+    ones, _ = _run(dropout_bundle, sample_face)
+    assert np.mean(ones.region != plain.region) < 0.005
 
-    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+
+def test_only_bundles_that_drop_features_pay_for_the_input(dropout_bundle, mobileface_bundle):
+    """The plain bundle's graphs have no feature_keep input (it costs time on every call); the
+    dropping preset's have it, sized to the network's convolution outputs."""
+    import onnx
+
+    plain, dropping = Bundle.load(mobileface_bundle), Bundle.load(dropout_bundle)
+    assert plain.surrogates[0].feature_keep_size == 0 and dropping.surrogates[0].feature_keep_size > 0
+    for files, names in ((plain.surrogates[0], ["x", "cotangents"]),
+                         (dropping.surrogates[0], ["x", "cotangents", "feature_keep"])):
+        for graph in (files.grad_graph, files.held_grad_graph):
+            assert [i.name for i in onnx.load(str(graph), load_external_data=False).graph.input] == names
+
+
+def test_feature_dropout_leaves_the_engine_plain_afterwards(dropout_bundle):
+    """The engine's next call without a mask is the plain network again (the dropped mask must not
+    linger in its bound input)."""
+    protector = RuntimeProtector.from_bundle(dropout_bundle, "onnxruntime")
     engine = protector.engines[0]
     assert engine.can_drop_features
     s, d = engine.files.input_size, engine.files.embedding_dim
@@ -144,12 +175,11 @@ def test_feature_dropout_is_seeded_and_leaves_the_engine_plain_afterwards(mobile
 
 
 def test_feature_dropout_on_graphs_without_the_input_fails_with_one_line(mobileface_bundle, sample_face):
-    """A bundle exported before feature dropout (its graphs take no feature_keep) still protects, but
-    asking it for feature dropout is a ModelError that says to re-export, not a crash in the engine."""
+    """A bundle whose graphs take no feature_keep (a plain preset's, or one from before feature
+    dropout) protects, but asking it for feature dropout is a ModelError that says to re-export,
+    not a crash in the engine."""
     protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
-    engine = protector.engines[0]
-    engine.files = SurrogateFiles(**{**engine.files.__dict__, "feature_keep_size": 0})
-    assert not engine.can_drop_features
+    assert not protector.engines[0].can_drop_features
     targets, region, pixels = loop_inputs(protector, sample_face)
     with pytest.raises(ModelError, match="re-export the bundle"):
         RuntimeTIPIM(protector.engines, TIPIMConfig(steps=2, feature_dropout=0.1)).run(pixels, region, targets)
