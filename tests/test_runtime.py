@@ -395,6 +395,22 @@ def test_default_bundle_is_reused_until_its_graphs_go_stale(private_home):
     Bundle.load(path)
 
 
+def test_a_recipe_that_drops_features_gets_a_bundle_of_its_own(private_home):
+    """Feature dropout needs graphs with the feature_keep input, which cost time on every call: the
+    recipe that asks for it runs a ``-dropout`` bundle with them, the same preset without it keeps
+    the plain bundle, and a device without that bundle is told how to export one."""
+    from edgecloak.recipe import bundle_for, resolve
+    from edgecloak.runtime.bundle_cache import load_cached_bundle
+
+    plain = bundle_for(resolve("fast"))
+    dropping = bundle_for(resolve("fast", settings={"feature_dropout": 0.05}))
+    assert not plain.root.name.endswith("-dropout") and dropping.root.name.endswith("-dropout")
+    assert plain.surrogates[0].feature_keep_size == 0 and dropping.surrogates[0].feature_keep_size > 0
+    assert bundle_for(resolve("fast", settings={"feature_dropout": 0.05})).root == dropping.root  # reused
+    with pytest.raises(ModelError, match="--feature-dropout"):
+        load_cached_bundle(["mobileface"], 10, preset="edge", feature_keep=True)
+
+
 def test_user_target_photos_are_embedded_by_the_runtime(mobileface_bundle, sample_face, tmp_path):
     from PIL import Image
 
