@@ -169,8 +169,8 @@ class RuntimeTIPIM:
         missing = [e.id for e in self.engines if not e.can_drop_features]
         if missing:
             raise ModelError(f"feature_dropout needs gradient graphs with a feature_keep input, and {', '.join(missing)} "
-                             "has none (a bundle exported before it, or the torch backend): re-export the bundle, "
-                             "or set feature_dropout to 0")
+                             "has none (a bundle exported without feature dropout, or the torch backend): re-export "
+                             "the bundle with --feature-dropout, or set feature_dropout to 0")
         return {e.id: np.empty((1, e.files.feature_keep_size), np.float32) for e in self.engines}
 
     def settle(self, region: np.ndarray, face: FaceRegion, targets: TargetBank, start: np.ndarray) -> RuntimeResult:

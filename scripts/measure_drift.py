@@ -385,7 +385,6 @@ def group_gradgraph(shared, workdir, arrays, seeds):
     import onnxruntime as ort
     import torch
 
-    from edgecloak.calibration.precision import graph_feeds
     from edgecloak.export.bundle import cached_graph
 
     tg = _tests_module("test_gradgraph")
@@ -404,8 +403,7 @@ def group_gradgraph(shared, workdir, arrays, seeds):
         # the test's session (ORT defaults) and the runtime's (session_options: threads, level)
         for label, so in (("default-session", opts), ("runtime-session", session_options())):
             sess = ort.InferenceSession(str(cached_graph(rec, "grad", tg.K)), so, providers=["CPUExecutionProvider"])
-            feeds = graph_feeds({i.name: i.shape for i in sess.get_inputs()}, x.numpy(), v.numpy())
-            got_e, got = sess.run(["embedding", "grad"], feeds)
+            got_e, got = sess.run(["embedding", "grad"], {"x": x.numpy(), "cotangents": v.numpy()})
             row[label] = {"grad_rel_l2": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
                           "emb_max_abs": float(np.abs(got_e - emb.detach().numpy()).max())}
         sess = ort.InferenceSession(str(cached_graph(rec, "embed", tg.K)), opts, providers=["CPUExecutionProvider"])

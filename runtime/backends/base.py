@@ -22,8 +22,8 @@ K-target gradient graph would compute K vector-Jacobian products to use one. A b
 ships a single-target companion of each gradient graph (``SurrogateFiles.held_grad_graph``):
 k == 1 runs it (one forward, one VJP), k == K runs the K graph, and anything else (or k == 1
 without a companion, as in bundles from before it existed) runs the K graph with the cotangents
-padded by zero rows. Subclasses implement ``_grad`` (the K graph) and, when they can run the
-companion, ``_held_grad``; ``embed_and_grad`` picks between them.
+padded by zero rows. Subclasses implement ``_gradient`` (the K graph, or with ``held`` the
+companion); ``embed_and_grad`` picks between them.
 
 Engines may return views of internal buffers that the next call overwrites (that is how they avoid
 allocating per step): copy what you keep.
@@ -93,29 +93,26 @@ class SurrogateEngine(ABC):
             raise ValueError(f"{self.id}: {k} cotangents, but the gradient graph takes 1..{big_k}")
         if feature_keep is not None:
             if not self.can_drop_features:
-                raise ModelError(f"{self.id}: this engine's gradient graphs take no feature_keep input "
-                                 "(a bundle from before feature dropout, or the torch backend); re-export the bundle")
+                raise ModelError(f"{self.id}: this engine's gradient graphs take no feature_keep input (a bundle "
+                                 "exported without feature dropout, or the torch backend); re-export the bundle "
+                                 "with --feature-dropout")
             if feature_keep.shape != (1, self.files.feature_keep_size):
                 raise ValueError(f"{self.id}: feature_keep shape {feature_keep.shape}, "
                                  f"expected (1, {self.files.feature_keep_size})")
         if k == 1 and self.has_held_graph:
-            return self._held_grad(crop, cotangents, feature_keep)
+            return self._gradient(crop, cotangents, feature_keep, held=True)
         if k == big_k:
-            return self._grad(crop, cotangents, feature_keep)
+            return self._gradient(crop, cotangents, feature_keep)
         padded = np.zeros((1, big_k, cotangents.shape[2]), np.float32)
         padded[:, :k] = cotangents
-        embedding, grad = self._grad(crop, padded, feature_keep)
+        embedding, grad = self._gradient(crop, padded, feature_keep)
         return embedding, grad[:, :k]
 
     @abstractmethod
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
-              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The K gradient graph: (embedding [1,D], grad [1,K,3,S,S]) for cotangents [1,K,D]."""
-
-    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray,
-                   feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The single-target graph: (embedding [1,D], grad [1,1,3,S,S]) for cotangents [1,1,D]."""
-        raise NotImplementedError(f"{type(self).__name__} cannot run a single-target gradient graph")
+    def _gradient(self, crop: np.ndarray, cotangents: np.ndarray, feature_keep: np.ndarray | None = None,
+                  held: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The K gradient graph: (embedding [1,D], grad [1,K,3,S,S]) for cotangents [1,K,D]; with
+        ``held`` (only asked for when ``has_held_graph``), the single-target graph for cotangents [1,1,D]."""
 
     @abstractmethod
     def embed(self, crops: np.ndarray) -> np.ndarray:

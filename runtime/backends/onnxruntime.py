@@ -98,8 +98,9 @@ class OnnxRuntimeEngine(SurrogateEngine):
             for arr, value in zip(outputs, binding.get_outputs()):
                 np.copyto(arr, value.numpy())
 
-    def _run_grad(self, graph: "_BoundGradient", crop: np.ndarray, cotangents: np.ndarray,
-                  feature_keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _gradient(self, crop: np.ndarray, cotangents: np.ndarray, feature_keep: np.ndarray | None = None,
+                  held: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        graph = self._grad_1 if held else self._grad_k
         np.copyto(self._x, crop)
         np.copyto(graph.cotangents, cotangents)
         if feature_keep is not None:
@@ -110,14 +111,6 @@ class OnnxRuntimeEngine(SurrogateEngine):
             self._keep_is_ones = True
         self._run(graph.session, graph.binding, [self._emb, graph.grad])
         return self._emb, graph.grad
-
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
-              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_k, crop, cotangents, feature_keep)
-
-    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray,
-                   feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_1, crop, cotangents, feature_keep)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         b = crops.shape[0]

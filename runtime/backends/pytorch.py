@@ -54,10 +54,10 @@ class TorchEngine(SurrogateEngine):
     def can_drop_features(self) -> bool:
         return False  # the torch program is the plain recognizer: no feature_keep input
 
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
-              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _gradient(self, crop: np.ndarray, cotangents: np.ndarray, feature_keep: np.ndarray | None = None,
+                  held: bool = False) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        k = cotangents.shape[1]
+        k = cotangents.shape[1]  # held or not: autograd takes the cotangents it is given
         x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device)
         cot = torch.from_numpy(np.ascontiguousarray(cotangents[0])).to(self.device)
         # K copies in one batch: one backward gives the K vector-Jacobian products
@@ -66,8 +66,6 @@ class TorchEngine(SurrogateEngine):
             emb = self.module(xk)
             (grad,) = torch.autograd.grad((emb * cot).sum(), xk)
         return emb[:1].detach().cpu().numpy(), grad[None].cpu().numpy()
-
-    _held_grad = _grad
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -567,14 +567,15 @@ class TensorRTEngine(SurrogateEngine):
         # the plain network's feature_keep, and the gradient graphs whose GPU copy of it is all ones
         # (a dropout mask is copied with its call; ones are copied once, not on every call)
         self._ones = np.ones((1, files.feature_keep_size), np.float32) if files.feature_keep_size else None
-        self._ones_on_device: set[int] = set()
+        self._ones_on_device: set[bool] = set()  # by held: the single-target graph or the K graph
 
     @property
     def has_held_graph(self) -> bool:
         return self._grad_1 is not None
 
-    def _run_grad(self, graph: _TrtGraph | None, crop: np.ndarray, cotangents: np.ndarray,
-                  feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _gradient(self, crop: np.ndarray, cotangents: np.ndarray, feature_keep: np.ndarray | None = None,
+                  held: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        graph = self._grad_1 if held else self._grad_k
         f = self.files
         s, k, d = f.input_size, cotangents.shape[1], f.embedding_dim
         if crop.shape != (1, 3, s, s):
@@ -586,20 +587,12 @@ class TensorRTEngine(SurrogateEngine):
         feeds = {"x": crop, "cotangents": cotangents}
         if feature_keep is not None:
             feeds["feature_keep"] = feature_keep
-            self._ones_on_device.discard(id(graph))
-        elif self._ones is not None and id(graph) not in self._ones_on_device:
+            self._ones_on_device.discard(held)
+        elif self._ones is not None and held not in self._ones_on_device:
             feeds["feature_keep"] = self._ones
-            self._ones_on_device.add(id(graph))
+            self._ones_on_device.add(held)
         out = graph.run(feeds)
         return out["embedding"], out["grad"]
-
-    def _grad(self, crop: np.ndarray, cotangents: np.ndarray,
-              feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_k, crop, cotangents, feature_keep)
-
-    def _held_grad(self, crop: np.ndarray, cotangents: np.ndarray,
-                   feature_keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self._run_grad(self._grad_1, crop, cotangents, feature_keep)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         f = self.files
