@@ -123,6 +123,10 @@ class TIPIMConfig(AttackConfig):
     smooth_probability: float = field(default=0.0, metadata=_flag(
         "share of steps whose surrogates see a Gaussian-smoothed copy of the image (default 0: never)"))
     smooth_sigma: float = 1.5
+    # input diversity beyond the alignment jitter: the surrogates see the face mirrored (the crop
+    # flipped left-right, its gradient flipped back by the warp's adjoint) on this share of steps
+    mirror_probability: float = field(default=0.0, metadata=_flag(
+        "share of gradient steps whose surrogates see the face mirrored left-right (default 0: never)"))
     # DFANet-style surrogate model augmentation: every gradient step sees each surrogate with this
     # share of its convolutions' outputs dropped (a fresh mask per step and surrogate, fed to the
     # gradient graphs' feature_keep input), so the mask cannot lean on any one unit of one network.
@@ -154,6 +158,8 @@ class TIPIMConfig(AttackConfig):
             raise ValueError("perceptual and chroma must be in [0, 1]")
         if self.ti_sigma < 0 or self.smooth_sigma < 0 or not 0 <= self.smooth_probability <= 1:
             raise ValueError("ti_sigma and smooth_sigma must be >= 0 and smooth_probability in [0, 1]")
+        if not 0 <= self.mirror_probability <= 1:
+            raise ValueError(f"mirror_probability must be in [0, 1], got {self.mirror_probability}")
         if not 0 <= self.feature_dropout <= 0.5:
             raise ValueError(f"feature_dropout must be in [0, 0.5], got {self.feature_dropout}")
         if self.surrogate_weighting not in ("equal", "normalised"):

@@ -4,7 +4,8 @@ The runtime loop and the torch oracle (``edgecloak.export.reference.oracle``, te
 these functions with ``np.random.default_rng(seed)`` in the same order per step (jitter, then the
 MMD augmentations), so the same seed gives the same input diversity in both: that is what makes
 their results comparable pixel for pixel. The loop's feature-dropout masks (``dropout_mask``) come
-from the same generator, drawn only when that technique is on.
+from the same generator, drawn only when that technique is on, and so are the mirror images
+(``maybe_mirror``).
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -35,6 +36,27 @@ def sample_jitter(jitter: Jitter, rng: np.random.Generator) -> np.ndarray | None
     tx, ty = (2 * u[3] - 1) * jitter.max_shift, (2 * u[4] - 1) * jitter.max_shift
     c, s = scale * math.cos(angle), scale * math.sin(angle)
     return np.array([[c, -s, tx], [s, c, ty], [0.0, 0.0, 1.0]])
+
+
+# a horizontal mirror in the jitter's coordinates (normalised, centred on the crop)
+MIRROR = np.diag([-1.0, 1.0, 1.0])
+
+
+def maybe_mirror(jitter: np.ndarray | None, probability: float, rng: np.random.Generator) -> np.ndarray | None:
+    """``jitter`` followed by a horizontal mirror of the crop, with ``probability`` (else ``jitter``).
+
+    One uniform is drawn only when ``probability`` > 0, so a loop without mirrors keeps its random
+    stream (and the torch oracle's).
+
+    Example:
+        >>> maybe_mirror(None, 1.0, np.random.default_rng(0)).tolist()
+        [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        >>> maybe_mirror(None, 0.0, np.random.default_rng(0)) is None
+        True
+    """
+    if probability <= 0 or rng.random() >= probability:
+        return jitter
+    return MIRROR.copy() if jitter is None else jitter @ MIRROR
 
 
 def sample_augmentations(batch: int, rng: np.random.Generator) -> list[tuple[int, int, bool]]:

@@ -15,12 +15,13 @@ Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MM
 draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
 and settings the result matches the oracle's (see tests/test_runtime.py).
 
-Beyond the paper, four transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
-``surrogate_weighting``, ``feature_dropout``; all off by default, and then the loop is the oracle's
-step for step): Gaussian smoothing of the gradient (translation invariance), a smoothed copy of the
-image as an input transform, per-surrogate gradient normalisation (see ``runtime.smoothing``), and
-surrogate model augmentation: each gradient step sees every surrogate with a fresh random share of
-its convolution outputs dropped (the gradient graphs' ``feature_keep`` input). And what
+Beyond the paper, five transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
+``mirror_probability``, ``surrogate_weighting``, ``feature_dropout``; all off by default, and then
+the loop is the oracle's step for step): Gaussian smoothing of the gradient (translation
+invariance), a smoothed copy of the image as an input transform, a mirrored crop as another input
+transform, per-surrogate gradient normalisation (see ``runtime.smoothing``), and surrogate model
+augmentation: each gradient step sees every surrogate with a fresh random share of its convolution
+outputs dropped (the gradient graphs' ``feature_keep`` input). And what
 people see: the per-pixel budget (``TIPIMConfig.support``, ``perceptual``) and the colour share of
 each step (``chroma``; a greyscale photo stays greyscale) come from ``runtime.budget_map``.
 
@@ -45,7 +46,7 @@ from edgecloak.errors import ModelError
 from .backends.base import SurrogateEngine
 from .budget_map import budget_map, chroma_direction, is_greyscale
 from .config import TIPIMConfig
-from .diversity import dropout_mask, sample_augmentations, sample_jitter
+from .diversity import dropout_mask, maybe_mirror, sample_augmentations, sample_jitter
 from .face_region import FaceRegion
 from .mmd import mmd_gradient
 from .parallel import for_row_chunks
@@ -241,6 +242,7 @@ class RuntimeTIPIM:
             rows = list(range(k)) if rescore else [held]  # the targets stepped towards this step
             n = len(rows)
             jitter = sample_jitter(cfg.diversity, rng) if cfg.diversity else None
+            jitter = maybe_mirror(jitter, cfg.mirror_probability, rng)
             np.round(x, out=x_round)  # the surrogates see the uint8 image (straight-through)
             seen = x_round
             # drawn only when the technique is on, so the paper's loop keeps the oracle's random stream

@@ -1,5 +1,5 @@
-"""The loop's transfer techniques (gradient smoothing, a smoothed copy, normalised surrogate
-weighting, feature dropout): what each changes, that the budget still holds, and that off means the
+"""The loop's transfer techniques (gradient smoothing, a smoothed copy, a mirrored crop, normalised
+surrogate weighting, feature dropout): what each changes, that the budget still holds, and that off means the
 paper's loop."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
 from edgecloak.errors import ModelError
 from edgecloak.runtime.bundle import Bundle
 from edgecloak.runtime.config import TIPIMConfig
-from edgecloak.runtime.diversity import dropout_mask
+from edgecloak.runtime.diversity import MIRROR, dropout_mask, maybe_mirror
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.smoothing import photo_pixels_per_face_pixel, smooth_planes
-from edgecloak.runtime.tipim import RuntimeTIPIM
+from edgecloak.runtime.tipim import RuntimeTIPIM, face_sampler
 from edgecloak.errors import UsageError
 from edgecloak.recipe import resolve
 
@@ -66,7 +66,8 @@ def test_face_pixels_scale_with_the_eye_distance():
 
 @pytest.mark.parametrize("bad", [{"ti_sigma": -1.0}, {"smooth_probability": 1.5}, {"smooth_sigma": -0.1},
                                  {"surrogate_weighting": "loudest"}, {"feature_dropout": 0.6},
-                                 {"feature_dropout": -0.1}])
+                                 {"feature_dropout": -0.1}, {"mirror_probability": 1.5},
+                                 {"mirror_probability": -0.5}])
 def test_bad_technique_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TIPIMConfig(**bad)
@@ -81,7 +82,7 @@ def _run(bundle, sample_face, **settings):
     return result, pixels
 
 
-@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0},
+@pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0}, {"mirror_probability": 0.5},
                                       {"surrogate_weighting": "normalised", "ti_sigma": 0.5,
                                        "smooth_probability": 0.5}])
 def test_each_technique_changes_the_mask_and_keeps_the_budget(mobileface_bundle, sample_face, settings):
@@ -183,3 +184,34 @@ def test_feature_dropout_on_graphs_without_the_input_fails_with_one_line(mobilef
     targets, region, pixels = loop_inputs(protector, sample_face)
     with pytest.raises(ModelError, match="re-export the bundle"):
         RuntimeTIPIM(protector.engines, TIPIMConfig(steps=2, feature_dropout=0.1)).run(pixels, region, targets)
+
+
+def test_mirrors_are_drawn_at_their_rate_and_only_when_asked_for():
+    rng = np.random.default_rng(0)
+    draws = [maybe_mirror(None, 0.3, rng) for _ in range(4000)]
+    assert abs(sum(d is not None for d in draws) / 4000 - 0.3) < 0.03
+    jitter = np.array([[1.0, -0.1, 0.02], [0.1, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert np.array_equal(maybe_mirror(jitter, 1.0, rng), jitter @ MIRROR)  # the crop mirrored, then jittered
+    # off: no uniform drawn, so the loop's random stream (the oracle's) is untouched
+    rng, fresh = np.random.default_rng(5), np.random.default_rng(5)
+    assert maybe_mirror(jitter, 0.0, rng) is jitter and rng.random() == fresh.random()
+
+
+def test_a_mirrored_crop_is_the_plain_crop_flipped_and_its_adjoint_is_exact(mobileface_bundle, sample_face):
+    """The mirror acts about the crop's centre: crop column u shows what the plain crop shows at
+    column S - u (a flip, one pixel off the array's own). The warp's adjoint stays its transpose,
+    which is what carries a mirrored crop's gradient back to the right photo pixels."""
+    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+    _, region, pixels = loop_inputs(protector, sample_face)
+    s = protector.engines[0].files.input_size
+    plain = face_sampler(region, "mobileface", s, None).forward(pixels)
+    mirrored_sampler = face_sampler(region, "mobileface", s, MIRROR)
+    mirrored = mirrored_sampler.forward(pixels)
+    assert np.abs(mirrored[..., 1:] - plain[..., :0:-1]).max() < 0.5  # 0..255 scale: interpolation rounding only
+    assert np.abs(mirrored - plain).mean() > 5  # a face is not symmetric to the pixel
+    rng = np.random.default_rng(2)
+    g = rng.normal(size=mirrored.shape).astype(np.float32)
+    x = rng.normal(size=pixels.shape).astype(np.float32)
+    left = float((mirrored_sampler.forward(x).astype(np.float64) * g).sum())
+    right = float((x.astype(np.float64) * mirrored_sampler.adjoint(g)).sum())
+    assert left == pytest.approx(right, rel=1e-4)
