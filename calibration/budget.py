@@ -142,7 +142,7 @@ def _grid(quick: bool) -> list[BudgetPoint]:
         # cross-family protection in the first measurement (docs/transfer.md)
         _point(mfc, 16, "transfer", "-r4-fd3", rescore_every=4, feature_dropout=0.03, baseline="m+f+c-n16-r4"),
         # the default's recipe (head support) with TI and mirrored crops: the best pair of the
-        # techniques measured on it (docs/transfer.md, "Mirrored crops and TI on today's default")
+        # techniques measured on it (docs/transfer.md, "Mirrored crops, TI and the budget, on today's default")
         _point(mfc, 16, "transfer", "-r4-head-ti1-mir5", rescore_every=4, support="head", ti_sigma=1.0,
                mirror_probability=0.5, baseline="m+f+c-n16-r4-head"),
         # what people see (runtime.budget_map): the mask on the face's ellipse only, then a perceptual

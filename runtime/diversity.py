@@ -43,7 +43,7 @@ MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
 def maybe_mirror(jitter: np.ndarray | None, probability: float, rng: np.random.Generator) -> np.ndarray | None:
-    """``jitter`` followed by a horizontal mirror of the crop, with ``probability`` (else ``jitter``).
+    """``jitter @ MIRROR`` (the crop mirrored left-right, then jittered) with ``probability``, else ``jitter``.
 
     One uniform is drawn only when ``probability`` > 0, so a loop without mirrors keeps its random
     stream (and the torch oracle's).

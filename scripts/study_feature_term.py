@@ -46,6 +46,11 @@ def feature_layer(shapes: list[tuple[int, ...]], input_size: int) -> int:
     return len(shapes) - 1
 
 
+def _interval(rate: dict, spec: str = ".2f") -> str:
+    """``value [low, high]`` of a rate or a paired difference from the evaluation's results."""
+    return f"{rate['value']:{spec}} [{rate['low']:{spec}}, {rate['high']:{spec}}]"
+
+
 def study_backend(term: str, weight: float):
     """A backend whose engines are the zoo's torch recognizers, with the feature term added."""
     import torch
@@ -213,12 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         if "versus" in cf:
             row["versus"] = cf["versus"]
         rows.append(row)
-        print(f"{spec:>32}: " + "  ".join(
-            f"{k} {cf['mean'][k]['value']:.2f} [{cf['mean'][k]['low']:.2f}, {cf['mean'][k]['high']:.2f}]"
-            for k in cf["metrics"]) + "  " + " ".join(f"{f} {v:.2f}" for f, v in row["per_family"].items()))
+        print(f"{spec:>32}: " + "  ".join(f"{k} {_interval(cf['mean'][k])}" for k in cf["metrics"])
+              + "  " + " ".join(f"{f} {v:.2f}" for f, v in row["per_family"].items()))
         for k, d in cf.get("versus", {}).items():
             if isinstance(d, dict):
-                print(f"{'':>34}{k} vs {cf['versus']['against']}: {d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+                print(f"{'':>34}{k} vs {cf['versus']['against']}: {_interval(d, '+.2f')}")
     seconds = {s["method"]: s["seconds"] for s in results["summary"] if s["transform"] == "none"}
     (args.out / "study.json").write_text(json.dumps({"rows": rows, "seconds": seconds}, indent=2))
     return 0

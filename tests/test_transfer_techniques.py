@@ -1,6 +1,6 @@
 """The loop's transfer techniques (gradient smoothing, a smoothed copy, a mirrored crop, normalised
-surrogate weighting, feature dropout): what each changes, that the budget still holds, and that off means the
-paper's loop."""
+surrogate weighting, feature dropout): what each changes, that the budget still holds, and that off
+means the paper's loop."""
 
 from __future__ import annotations
 
