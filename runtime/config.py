@@ -117,7 +117,7 @@ class TIPIMConfig(AttackConfig):
 
     # Transfer to recognizers the loop never optimised on (off by default: the paper's loop). Sigmas
     # in pixels of a 112-px aligned face (``runtime.smoothing``); each measured on leave-one-family-out
-    # transfer in ``scripts/transfer_study.py`` (docs/transfer.md).
+    # transfer by ``edgecloak eval --cross-family`` (docs/transfer.md).
     ti_sigma: float = field(default=0.0, metadata=_flag(
         "translation-invariant gradient smoothing: Gaussian sigma in pixels of a 112-px face (default 0: off)"))
     smooth_probability: float = field(default=0.0, metadata=_flag(
@@ -127,6 +127,12 @@ class TIPIMConfig(AttackConfig):
     # flipped left-right, its gradient flipped back by the warp's adjoint) on this share of steps
     mirror_probability: float = field(default=0.0, metadata=_flag(
         "share of gradient steps whose surrogates see the face mirrored left-right (default 0: never)"))
+    # input diversity in resolution: on this share of gradient steps the surrogates see the face
+    # rendered at a random scale in [resize_min_scale, 1) of their input side and resized back up,
+    # as a recognizer that works on smaller faces (or a downscaled upload) would see it
+    resize_probability: float = field(default=0.0, metadata=_flag(
+        "share of gradient steps whose surrogates see the face at a random lower resolution (default 0: never)"))
+    resize_min_scale: float = 0.5
     # DFANet-style surrogate model augmentation: every gradient step sees each surrogate with this
     # share of its convolutions' outputs dropped (a fresh mask per step and surrogate, fed to the
     # gradient graphs' feature_keep input), so the mask cannot lean on any one unit of one network.
@@ -160,6 +166,9 @@ class TIPIMConfig(AttackConfig):
             raise ValueError("ti_sigma and smooth_sigma must be >= 0 and smooth_probability in [0, 1]")
         if not 0 <= self.mirror_probability <= 1:
             raise ValueError(f"mirror_probability must be in [0, 1], got {self.mirror_probability}")
+        if not 0 <= self.resize_probability <= 1 or not 0.25 <= self.resize_min_scale < 1:
+            raise ValueError(f"resize_probability must be in [0, 1] and resize_min_scale in [0.25, 1), got "
+                             f"{self.resize_probability} and {self.resize_min_scale}")
         if not 0 <= self.feature_dropout <= 0.5:
             raise ValueError(f"feature_dropout must be in [0, 0.5], got {self.feature_dropout}")
         if self.surrogate_weighting not in ("equal", "normalised"):

@@ -5,7 +5,7 @@ these functions with ``np.random.default_rng(seed)`` in the same order per step 
 MMD augmentations), so the same seed gives the same input diversity in both: that is what makes
 their results comparable pixel for pixel. The loop's feature-dropout masks (``dropout_mask``) come
 from the same generator, drawn only when that technique is on, and so are the mirror images
-(``maybe_mirror``).
+(``maybe_mirror``) and the low-resolution views (``maybe_low_resolution``).
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -57,6 +57,24 @@ def maybe_mirror(jitter: np.ndarray | None, probability: float, rng: np.random.G
     if probability <= 0 or rng.random() >= probability:
         return jitter
     return MIRROR.copy() if jitter is None else jitter @ MIRROR
+
+
+def maybe_low_resolution(probability: float, min_scale: float, rng: np.random.Generator) -> float | None:
+    """A resolution scale in [``min_scale``, 1) with ``probability`` (the surrogates then see the face
+    rendered at that share of their input side and resized back up), else None.
+
+    Nothing is drawn when ``probability`` is 0, so a loop without the technique keeps its random
+    stream (and the torch oracle's).
+
+    Example:
+        >>> 0.5 <= maybe_low_resolution(1.0, 0.5, np.random.default_rng(0)) < 1.0
+        True
+        >>> maybe_low_resolution(0.0, 0.5, np.random.default_rng(0)) is None
+        True
+    """
+    if probability <= 0 or rng.random() >= probability:
+        return None
+    return float(min_scale + (1.0 - min_scale) * rng.random())
 
 
 def sample_augmentations(batch: int, rng: np.random.Generator) -> list[tuple[int, int, bool]]:

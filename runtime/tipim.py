@@ -15,11 +15,11 @@ Everything else (rounding, momentum, normalisation, sign/L2 step, projection, MM
 draws of input diversity) is plain numpy on buffers allocated once per face. With the same seed
 and settings the result matches the oracle's (see tests/test_runtime.py).
 
-Beyond the paper, five transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
-``mirror_probability``, ``surrogate_weighting``, ``feature_dropout``; all off by default, and then
-the loop is the oracle's step for step): Gaussian smoothing of the gradient (translation
-invariance), a smoothed copy of the image as an input transform, a mirrored crop as another input
-transform, per-surrogate gradient normalisation (see ``runtime.smoothing``), and surrogate model
+Beyond the paper, six transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_probability``,
+``mirror_probability``, ``resize_probability``, ``surrogate_weighting``, ``feature_dropout``; all off
+by default, and then the loop is the oracle's step for step): Gaussian smoothing of the gradient
+(translation invariance), a smoothed copy of the image as an input transform, a mirrored crop and a
+low-resolution crop as two more, per-surrogate gradient normalisation (see ``runtime.smoothing``), and surrogate model
 augmentation: each gradient step sees every surrogate with a fresh random share of its convolution
 outputs dropped (the gradient graphs' ``feature_keep`` input). And what
 people see: the per-pixel budget (``TIPIMConfig.support``, ``perceptual``) and the colour share of
@@ -46,13 +46,13 @@ from edgecloak.errors import ModelError
 from .backends.base import SurrogateEngine
 from .budget_map import budget_map, chroma_direction, is_greyscale
 from .config import TIPIMConfig
-from .diversity import dropout_mask, maybe_mirror, sample_augmentations, sample_jitter
+from .diversity import dropout_mask, maybe_low_resolution, maybe_mirror, sample_augmentations, sample_jitter
 from .face_region import FaceRegion
 from .mmd import mmd_gradient
 from .parallel import for_row_chunks
 from .smoothing import photo_pixels_per_face_pixel, smooth_planes
 from .targets import TargetBank
-from .warp import BilinearSampler, crop_to_src_matrix
+from .warp import BilinearSampler, LowResolutionSampler, crop_to_src_matrix, resized_crop_matrix
 
 
 @dataclass
@@ -82,9 +82,17 @@ class _Clock:
         self._last = now
 
 
-def face_sampler(face: FaceRegion, name: str, size: int, jitter: np.ndarray | None) -> BilinearSampler:
-    matrix, pool = crop_to_src_matrix(face.matrices[name], size, jitter)
-    return BilinearSampler(matrix, face.region_hw, size, pool)
+def face_sampler(face: FaceRegion, name: str, size: int, jitter: np.ndarray | None,
+                 resolution: float | None = None) -> BilinearSampler | LowResolutionSampler:
+    """Surrogate ``name``'s size x size crop of the face (maybe jittered); with ``resolution`` < 1,
+    rendered at that share of ``size`` and resized back up (``LowResolutionSampler``)."""
+    small = size if resolution is None else max(8, int(round(size * resolution)))
+    if small >= size:
+        matrix, pool = crop_to_src_matrix(face.matrices[name], size, jitter)
+        return BilinearSampler(matrix, face.region_hw, size, pool)
+    photo_to_small = resized_crop_matrix(size, small) @ np.vstack([face.matrices[name], [0.0, 0.0, 1.0]])
+    matrix, pool = crop_to_src_matrix(photo_to_small, small, jitter)
+    return LowResolutionSampler(BilinearSampler(matrix, face.region_hw, small, pool), size)
 
 
 class RuntimeTIPIM:
@@ -243,6 +251,7 @@ class RuntimeTIPIM:
             n = len(rows)
             jitter = sample_jitter(cfg.diversity, rng) if cfg.diversity else None
             jitter = maybe_mirror(jitter, cfg.mirror_probability, rng)
+            resolution = maybe_low_resolution(cfg.resize_probability, cfg.resize_min_scale, rng)
             np.round(x, out=x_round)  # the surrogates see the uint8 image (straight-through)
             seen = x_round
             # drawn only when the technique is on, so the paper's loop keeps the oracle's random stream
@@ -251,7 +260,8 @@ class RuntimeTIPIM:
                 seen = smooth_planes(x_round, cfg.smooth_sigma * face_px, out=x_smoothed)
             grads[:n].fill(0.0)
             for e in self.engines:
-                sampler = plain[e.id] if jitter is None else face_sampler(face, e.id, sizes[e.id], jitter)
+                sampler = plain[e.id] if jitter is None and resolution is None else \
+                    face_sampler(face, e.id, sizes[e.id], jitter, resolution)
                 crop = sampler.forward(seen)
                 clock.lap("warp")
                 # a held-target step asks for that target's gradient alone: one VJP where the bundle

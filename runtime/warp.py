@@ -86,6 +86,23 @@ def crop_to_src_matrix(photo_to_crop: np.ndarray, size: int, jitter: np.ndarray 
     return (pool @ inv)[:2].copy(), factor
 
 
+def resized_crop_matrix(size: int, small: int) -> np.ndarray:
+    """3x3: pixel (u, v) of an S x S crop -> the same point in pixels of a ``small`` x ``small`` crop of
+    the same field of view (pixel centres at (u + 0.5) / S of the side, as ``align_corners=False``
+    has them).
+
+    Left-multiplied onto a photo -> crop matrix it renders the crop at the smaller size; as a
+    :class:`BilinearSampler`'s ``crop_to_src`` it resizes the small crop back up (see
+    :class:`LowResolutionSampler`).
+
+    Example:
+        >>> resized_crop_matrix(4, 2)[:2].tolist()  # crop pixel 0.5 (between 0 and 1) -> small pixel 0
+        [[0.5, 0.0, -0.25], [0.0, 0.5, -0.25]]
+    """
+    r = small / size
+    return np.array([[r, 0.0, 0.5 * r - 0.5], [0.0, r, 0.5 * r - 0.5], [0.0, 0.0, 1.0]])
+
+
 def _window_counts(n: int, pool: int) -> np.ndarray:
     """Elements per pooling window along one axis (the last window may be partial under ceil_mode)."""
     starts = np.arange(-(-n // pool)) * pool
@@ -311,3 +328,31 @@ class BilinearSampler:
             else:
                 pooled.reshape(-1)[...] = acc
                 self._unpool_plane(pooled, plane)
+
+
+class LowResolutionSampler:
+    """A crop as a low-resolution photo shows it: sampled at ``inner.size`` (< ``size``) pixels, then
+    bilinearly resized up to ``size``. Both stages are linear, so the adjoint is the two adjoints in
+    reverse order; the interface is :class:`BilinearSampler`'s (``forward``, ``adjoint``, ``size``).
+
+    Example:
+        >>> inner = BilinearSampler(np.eye(2, 3), src_hw=(4, 4), size=2)
+        >>> sampler = LowResolutionSampler(inner, size=4)
+        >>> sampler.forward(np.ones((1, 1, 4, 4), np.float32)).shape
+        (1, 1, 4, 4)
+    """
+
+    def __init__(self, inner: BilinearSampler, size: int):
+        if inner.size >= size:
+            raise ValueError(f"a low-resolution crop is smaller than {size} px, got {inner.size}")
+        self.inner = inner
+        self.size = int(size)
+        self.resize = BilinearSampler(resized_crop_matrix(self.size, inner.size), (inner.size, inner.size), self.size)
+
+    def forward(self, src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The crops [B,C,size,size] of ``src`` [B,C,h,w]: rendered small, resized up."""
+        return self.resize.forward(self.inner.forward(src), out=out)
+
+    def adjoint(self, grad: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The transpose of :meth:`forward`: [B,C,size,size] -> [B,C,h,w]."""
+        return self.inner.adjoint(self.resize.adjoint(grad), out=out)

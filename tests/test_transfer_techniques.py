@@ -1,9 +1,10 @@
-"""The loop's transfer techniques (gradient smoothing, a smoothed copy, a mirrored crop, normalised
-surrogate weighting, feature dropout): what each changes, that the budget still holds, and that off
+"""The loop's transfer techniques (gradient smoothing, a smoothed copy, a mirrored crop, a
+low-resolution crop, normalised surrogate weighting, feature dropout): what each changes, that the budget still holds, and that off
 means the paper's loop."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ from edgecloak.runtime.align import ARCFACE_TEMPLATE_112
 from edgecloak.errors import ModelError
 from edgecloak.runtime.bundle import Bundle
 from edgecloak.runtime.config import TIPIMConfig
-from edgecloak.runtime.diversity import MIRROR, dropout_mask, maybe_mirror
+from edgecloak.runtime.diversity import MIRROR, dropout_mask, maybe_low_resolution, maybe_mirror
 from edgecloak.runtime.protector import RuntimeProtector
 from edgecloak.runtime.smoothing import photo_pixels_per_face_pixel, smooth_planes
 from edgecloak.runtime.tipim import RuntimeTIPIM, face_sampler
@@ -67,7 +68,8 @@ def test_face_pixels_scale_with_the_eye_distance():
 @pytest.mark.parametrize("bad", [{"ti_sigma": -1.0}, {"smooth_probability": 1.5}, {"smooth_sigma": -0.1},
                                  {"surrogate_weighting": "loudest"}, {"feature_dropout": 0.6},
                                  {"feature_dropout": -0.1}, {"mirror_probability": 1.5},
-                                 {"mirror_probability": -0.5}])
+                                 {"mirror_probability": -0.5}, {"resize_probability": 2.0},
+                                 {"resize_min_scale": 0.1}, {"resize_min_scale": 1.0}])
 def test_bad_technique_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TIPIMConfig(**bad)
@@ -83,6 +85,7 @@ def _run(bundle, sample_face, **settings):
 
 
 @pytest.mark.parametrize("settings", [{"ti_sigma": 1.0}, {"smooth_probability": 1.0}, {"mirror_probability": 0.5},
+                                      {"resize_probability": 0.5},
                                       {"surrogate_weighting": "normalised", "ti_sigma": 0.5,
                                        "smooth_probability": 0.5}])
 def test_each_technique_changes_the_mask_and_keeps_the_budget(mobileface_bundle, sample_face, settings):
@@ -214,4 +217,46 @@ def test_a_mirrored_crop_is_the_plain_crop_flipped_and_its_adjoint_is_exact(mobi
     x = rng.normal(size=pixels.shape).astype(np.float32)
     left = float((mirrored_sampler.forward(x).astype(np.float64) * g).sum())
     right = float((x.astype(np.float64) * mirrored_sampler.adjoint(g)).sum())
+    assert left == pytest.approx(right, rel=1e-4)
+
+
+def test_low_resolution_views_are_drawn_at_their_rate_in_their_range_and_only_when_asked_for():
+    rng = np.random.default_rng(0)
+    draws = [maybe_low_resolution(0.4, 0.6, rng) for _ in range(4000)]
+    scales = [d for d in draws if d is not None]
+    assert abs(len(scales) / 4000 - 0.4) < 0.03
+    assert 0.6 <= min(scales) and max(scales) < 1.0 and np.std(scales) > 0.08  # spread over [0.6, 1)
+    rng, fresh = np.random.default_rng(5), np.random.default_rng(5)
+    assert maybe_low_resolution(0.0, 0.5, rng) is None and rng.random() == fresh.random()  # off: no draw
+
+
+def _high_frequency_energy(crop: np.ndarray) -> float:
+    return float((np.diff(crop, axis=-1) ** 2).mean() + (np.diff(crop, axis=-2) ** 2).mean())
+
+
+def test_a_low_resolution_crop_is_the_same_face_with_less_detail_and_its_adjoint_is_exact(mobileface_bundle,
+                                                                                          sample_face):
+    """Rendered at half the input side and resized up, the crop keeps the face where it was (close
+    to the plain crop on average) and loses its finest detail; the composite warp's adjoint stays its
+    transpose, which is what carries the gradient back to the photo's pixels."""
+    protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
+    _, region, pixels = loop_inputs(protector, sample_face)
+    s = protector.engines[0].files.input_size
+    plain = face_sampler(region, "mobileface", s, None).forward(pixels)
+    low_sampler = face_sampler(region, "mobileface", s, None, resolution=0.5)
+    low = low_sampler.forward(pixels)
+    assert low.shape == plain.shape
+    # what OpenCV makes of the plain crop shrunk to half and enlarged again: the low-resolution crop
+    # is that image (same place, same detail lost), far closer to it than the plain crop is
+    hwc = plain[0].transpose(1, 2, 0)
+    reference = cv2.resize(cv2.resize(hwc, (s // 2, s // 2), interpolation=cv2.INTER_AREA), (s, s),
+                           interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)[None]
+    assert np.abs(low - reference).mean() < 0.5 * np.abs(plain - reference).mean()
+    assert _high_frequency_energy(low) < 0.6 * _high_frequency_energy(plain)  # less detail
+    assert np.array_equal(face_sampler(region, "mobileface", s, None, resolution=0.999).forward(pixels), plain)
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=low.shape).astype(np.float32)
+    x = rng.normal(size=pixels.shape).astype(np.float32)
+    left = float((low_sampler.forward(x).astype(np.float64) * g).sum())
+    right = float((x.astype(np.float64) * low_sampler.adjoint(g)).sum())
     assert left == pytest.approx(right, rel=1e-4)
