@@ -212,11 +212,17 @@ def test_a_mirrored_crop_is_the_plain_crop_flipped_and_its_adjoint_is_exact(mobi
     mirrored = mirrored_sampler.forward(pixels)
     assert np.abs(mirrored[..., 1:] - plain[..., :0:-1]).max() < 0.5  # 0..255 scale: interpolation rounding only
     assert np.abs(mirrored - plain).mean() > 5  # a face is not symmetric to the pixel
+    assert_adjoint_is_exact(mirrored_sampler, pixels.shape)
+
+
+def assert_adjoint_is_exact(sampler, source_shape: tuple[int, ...]) -> None:
+    """<forward(x), g> = <x, adjoint(g)> for random x and g: the adjoint is the forward's transpose."""
     rng = np.random.default_rng(2)
-    g = rng.normal(size=mirrored.shape).astype(np.float32)
-    x = rng.normal(size=pixels.shape).astype(np.float32)
-    left = float((mirrored_sampler.forward(x).astype(np.float64) * g).sum())
-    right = float((x.astype(np.float64) * mirrored_sampler.adjoint(g)).sum())
+    x = rng.normal(size=source_shape).astype(np.float32)
+    crop = sampler.forward(x)
+    g = rng.normal(size=crop.shape).astype(np.float32)
+    left = float((crop.astype(np.float64) * g).sum())
+    right = float((x.astype(np.float64) * sampler.adjoint(g)).sum())
     assert left == pytest.approx(right, rel=1e-4)
 
 
@@ -254,9 +260,4 @@ def test_a_low_resolution_crop_is_the_same_face_with_less_detail_and_its_adjoint
     assert np.abs(low - reference).mean() < 0.5 * np.abs(plain - reference).mean()
     assert _high_frequency_energy(low) < 0.6 * _high_frequency_energy(plain)  # less detail
     assert np.array_equal(face_sampler(region, "mobileface", s, None, resolution=0.999).forward(pixels), plain)
-    rng = np.random.default_rng(3)
-    g = rng.normal(size=low.shape).astype(np.float32)
-    x = rng.normal(size=pixels.shape).astype(np.float32)
-    left = float((low_sampler.forward(x).astype(np.float64) * g).sum())
-    right = float((x.astype(np.float64) * low_sampler.adjoint(g)).sum())
-    assert left == pytest.approx(right, rel=1e-4)
+    assert_adjoint_is_exact(low_sampler, pixels.shape)
