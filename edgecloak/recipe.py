@@ -22,7 +22,7 @@ Example:
     >>> resolve("fast", settings={"stpes": 12})
     Traceback (most recent call last):
     ...
-    edgecloak.errors.UsageError: unknown TIP-IM setting 'stpes'; known: eps, steps, alpha, mu, norm, eps_l2, diversity, seed, gamma, mmd_batch, keep_best, stop_margin, rescore_every, settle_after
+    edgecloak.errors.UsageError: unknown TIP-IM setting 'stpes'; known: eps, steps, alpha, mu, norm, ...
 """
 
 from __future__ import annotations
