@@ -60,12 +60,16 @@ def plot_pareto(rows: Sequence[dict[str, Any]], chosen: dict[str, dict], path: P
     if front:
         ax.step([r["seconds"] for r in front], [r[OBJECTIVE] for r in front], where="post", color="black",
                 lw=1, alpha=0.6, label="Pareto front (eligible points)")
+    # presets that share a point (balanced and max, often) get one ring and one label: "balanced, max"
+    points: dict[str, tuple[dict, list[str]]] = {}
     for name, row in chosen.items():
+        points.setdefault(row["name"], (row, []))[1].append(name)
+    for row, names in points.values():
         for axes, x in ((ax, row["seconds"]), (qx, row.get("psnr_face"))):
             if x is None:
                 continue
             axes.scatter(x, row[OBJECTIVE], s=220, facecolors="none", edgecolors="red", lw=1.5, zorder=4)
-            axes.annotate(name, (x, row[OBJECTIVE]), color="red", fontsize=10, weight="bold",
+            axes.annotate(", ".join(names), (x, row[OBJECTIVE]), color="red", fontsize=10, weight="bold",
                           xytext=(-10, -16), textcoords="offset points")
     for axis, colour in AXIS_COLOURS.items():
         if any(r["axis"] == axis for r in rows):
