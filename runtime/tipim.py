@@ -19,9 +19,9 @@ Beyond the paper, six transfer techniques (``TIPIMConfig.ti_sigma``, ``smooth_pr
 ``mirror_probability``, ``resize_probability``, ``surrogate_weighting``, ``feature_dropout``; all off
 by default, and then the loop is the oracle's step for step): Gaussian smoothing of the gradient
 (translation invariance), a smoothed copy of the image as an input transform, a mirrored crop and a
-low-resolution crop as two more, per-surrogate gradient normalisation (see ``runtime.smoothing``), and surrogate model
-augmentation: each gradient step sees every surrogate with a fresh random share of its convolution
-outputs dropped (the gradient graphs' ``feature_keep`` input). And what
+low-resolution crop as two more, per-surrogate gradient normalisation (see ``runtime.smoothing``),
+and surrogate model augmentation: each gradient step sees every surrogate with a fresh random share
+of its convolution outputs dropped (the gradient graphs' ``feature_keep`` input). And what
 people see: the per-pixel budget (``TIPIMConfig.support``, ``perceptual``) and the colour share of
 each step (``chroma``; a greyscale photo stays greyscale) come from ``runtime.budget_map``.
 
