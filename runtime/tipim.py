@@ -52,7 +52,7 @@ from .mmd import mmd_gradient
 from .parallel import for_row_chunks
 from .smoothing import photo_pixels_per_face_pixel, smooth_planes
 from .targets import TargetBank
-from .warp import BilinearSampler, LowResolutionSampler, crop_to_src_matrix, resized_crop_matrix
+from .warp import BilinearSampler, LowResolutionSampler, crop_to_src_matrix, resized_crop_matrix, to_3x3
 
 
 @dataclass
@@ -90,7 +90,7 @@ def face_sampler(face: FaceRegion, name: str, size: int, jitter: np.ndarray | No
     if small >= size:
         matrix, pool = crop_to_src_matrix(face.matrices[name], size, jitter)
         return BilinearSampler(matrix, face.region_hw, size, pool)
-    photo_to_small = resized_crop_matrix(size, small) @ np.vstack([face.matrices[name], [0.0, 0.0, 1.0]])
+    photo_to_small = resized_crop_matrix(size, small) @ to_3x3(face.matrices[name])
     matrix, pool = crop_to_src_matrix(photo_to_small, small, jitter)
     return LowResolutionSampler(BilinearSampler(matrix, face.region_hw, small, pool), size)
 

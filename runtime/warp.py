@@ -35,7 +35,13 @@ import numpy as np
 from .parallel import for_row_chunks
 
 
-def _to_3x3(m: np.ndarray) -> np.ndarray:
+def to_3x3(m: np.ndarray) -> np.ndarray:
+    """A 2x3 or 3x3 affine matrix as 3x3 float64 (so affine maps compose with ``@``).
+
+    Example:
+        >>> to_3x3(np.eye(2, 3)).tolist()[2]
+        [0.0, 0.0, 1.0]
+    """
     m = np.asarray(m, dtype=np.float64)
     if m.shape == (3, 3):
         if not np.allclose(m[2], [0.0, 0.0, 1.0], rtol=0, atol=1e-9):
@@ -64,7 +70,7 @@ def crop_to_src_matrix(photo_to_crop: np.ndarray, size: int, jitter: np.ndarray 
         >>> pool, m.round(6).tolist()  # 2.5 photo px per crop px: pool by 2, 1.25 pooled px per crop px
         (2, [[1.25, 0.0, -0.25], [0.0, 1.25, -0.25]])
     """
-    m = _to_3x3(photo_to_crop)
+    m = to_3x3(photo_to_crop)
     if jitter is not None:
         # jitter acts in normalised crop coordinates centred on the crop
         to_unit = np.array([[1 / size, 0, -0.5], [0, 1 / size, -0.5], [0, 0, 1.0]])
@@ -139,7 +145,7 @@ class BilinearSampler:
         size, pool = int(size), max(int(pool), 1)
         if h <= 0 or w <= 0 or size <= 0:
             raise ValueError(f"need a non-empty source and crop, got src_hw={src_hw}, size={size}")
-        m = _to_3x3(crop_to_src)
+        m = to_3x3(crop_to_src)
         if not np.isfinite(m).all():
             raise ValueError("crop_to_src holds NaN or infinite values")
         self.crop_to_src = m.copy()  # 3x3

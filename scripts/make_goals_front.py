@@ -67,13 +67,11 @@ def cross_family_points(paths: list[Path]) -> list[dict]:
             runs = [r for r in data["summary"] if r["method"] in section["methods"].values()]
             psnr = [r["psnr_face"] for r in runs if r.get("psnr_face") is not None]
             ssim = [r["ssim_face"] for r in runs if r.get("ssim_face") is not None]
-            rate = [r["white_box_rank1_t"] for r in runs if r.get("white_box_rank1_t") is not None]
             points[spec] = {
-                "recipe": spec, "baseline": specs[0], "source": path.name,
+                "recipe": spec, "baseline": specs[0],
                 "rank1_ut": section["mean"]["rank1_ut"], "psr_dodge": section["mean"]["psr_dodge_far1e-3"],
                 "versus": section.get("versus"),
                 "psnr_face": sum(psnr) / len(psnr), "ssim_face": sum(ssim) / len(ssim),
-                "held_out_white_box_rank1_t": sum(rate) / len(rate) if rate else None,
             }
     return list(points.values())
 
@@ -110,8 +108,14 @@ def pareto(points: list[dict], key: str) -> list[dict]:
     return sorted(front, key=lambda p: p["psnr_face"])
 
 
-def interval(rate: dict) -> str:
-    return f"{rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]"
+def interval(rate: dict, sign: str = "") -> str:
+    """``0.53 [0.43, 0.63]`` (``sign="+"``: ``+0.05 [+0.00, +0.11]``, for differences)."""
+    return f"{rate['value']:{sign}.2f} [{rate['low']:{sign}.2f}, {rate['high']:{sign}.2f}]"
+
+
+def error_bar(rate: dict) -> list[list[float]]:
+    """matplotlib's ``yerr`` of a rate with its interval."""
+    return [[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]]
 
 
 def table(points: list[dict]) -> str:
@@ -120,8 +124,7 @@ def table(points: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     on = {key: {p["recipe"] for p in pareto(points, key)} for key in ("rank1_ut", "psr_dodge")}
     for p in sorted(points, key=lambda p: -p["psnr_face"]):
-        versus = p["versus"]["rank1_ut"] if p.get("versus") else None
-        diff = f"{versus['value']:+.2f} [{versus['low']:+.2f}, {versus['high']:+.2f}]" if versus else ""
+        diff = interval(p["versus"]["rank1_ut"], "+") if p.get("versus") else ""
         lines.append(f"| {p['recipe']} | {interval(p['rank1_ut'])} | {interval(p['psr_dodge'])} | {diff} | "
                      f"{p['psnr_face']:.1f} / {p['ssim_face']:.2f} | "
                      f"{', '.join(METRIC_NAMES[k] for k, names in on.items() if p['recipe'] in names)} |")
@@ -141,7 +144,7 @@ def draw(points: list[dict], white_box: list[dict], out: Path) -> None:
             default = p["recipe"] == baseline
             # only the front and the baseline are named: the rest crowd the default's PSNR (the table has them)
             color = "tab:red" if default else "tab:blue" if p["recipe"] in named else "silver"
-            ax.errorbar(p["psnr_face"], rate["value"], yerr=[[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]],
+            ax.errorbar(p["psnr_face"], rate["value"], yerr=error_bar(rate),
                         fmt="o", color=color, ms=7 if default else 5, capsize=3, alpha=0.85)
             if p["recipe"] in named:
                 ax.annotate(short_name(p["recipe"], baseline), (p["psnr_face"], rate["value"]), fontsize=8,
@@ -159,7 +162,7 @@ def draw(points: list[dict], white_box: list[dict], out: Path) -> None:
         ax = axes[2]
         for i, p in enumerate(white_box):
             rate = p["rank1_t"]
-            ax.errorbar(p["seconds"], rate["value"], yerr=[[rate["value"] - rate["low"]], [rate["high"] - rate["value"]]],
+            ax.errorbar(p["seconds"], rate["value"], yerr=error_bar(rate),
                         fmt="o", color="tab:purple", capsize=3)
             # points of equal Rank-1-T and seconds (another budget) get their labels one under another
             ax.annotate(f"{p['method']}: N {int(p['steps'])}, face {p['psnr_face']:.1f} dB", (p["seconds"], rate["value"]),

@@ -13,8 +13,6 @@ import pkgutil
 
 import pytest
 
-import edgecloak
-
 PACKAGES = ("edgecloak.runtime", "edgecloak")
 
 

@@ -1,6 +1,6 @@
 """The loop's transfer techniques (gradient smoothing, a smoothed copy, a mirrored crop, a
-low-resolution crop, normalised surrogate weighting, feature dropout): what each changes, that the budget still holds, and that off
-means the paper's loop."""
+low-resolution crop, normalised surrogate weighting, feature dropout): what each changes, that the
+budget still holds, and that off means the paper's loop."""
 
 from __future__ import annotations
 
@@ -242,9 +242,10 @@ def _high_frequency_energy(crop: np.ndarray) -> float:
 
 def test_a_low_resolution_crop_is_the_same_face_with_less_detail_and_its_adjoint_is_exact(mobileface_bundle,
                                                                                           sample_face):
-    """Rendered at half the input side and resized up, the crop keeps the face where it was (close
-    to the plain crop on average) and loses its finest detail; the composite warp's adjoint stays its
-    transpose, which is what carries the gradient back to the photo's pixels."""
+    """Rendered at half the input side and resized up, the crop is the plain crop as a half-size
+    image shows it (the face in the same place, its finest detail lost); at a scale that rounds to
+    the full side it is the plain crop. The composite warp's adjoint stays its transpose, which is
+    what carries the gradient back to the photo's pixels."""
     protector = RuntimeProtector.from_bundle(mobileface_bundle, "onnxruntime")
     _, region, pixels = loop_inputs(protector, sample_face)
     s = protector.engines[0].files.input_size
